@@ -1,0 +1,734 @@
+//! The command line (SPEC §3): argument parsing with clap, logging set-up, and one function per
+//! command. Errors become exit codes here: 2 for bad usage or configuration, 1 for failures, 3
+//! when deactivations were held.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, SourceConfig};
+use crate::mapping::Decision;
+use crate::plan::Op;
+use crate::scim::wire;
+use crate::state::State;
+use crate::sync::{self, Mode, Options, Progress, SyncError};
+
+/// Keeps SocialTalent's users in step with Okta or Microsoft Entra ID.
+#[derive(Debug, Parser)]
+#[command(name = "socialtalent-sync", version, about, long_about = None)]
+pub struct Cli {
+    /// The configuration file [default: $SOCIALTALENT_SYNC_CONFIG, else /etc/socialtalent-sync/config.toml].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format (overrides [observability] log_format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less log output (warnings and errors only).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A terraform-like layout.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One reconciliation, then exit.
+    Sync(SyncArgs),
+    /// Validate the configuration and secrets.
+    CheckConfig {
+        /// Also authenticate to the source and the target and check the mapping against the
+        /// target's schemas.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Show one IdP user: source attributes, scope decision, mapped SCIM JSON, pending action.
+    Preview {
+        /// The user's IdP id, login or email.
+        user: String,
+        /// Provision that user now.
+        #[arg(long)]
+        apply: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// What the state holds: last runs, counts, held deactivations, failing users.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+}
+
+/// `sync` options.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Plan only: no write to SocialTalent, the IdP or the state.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Full read of the source and of SocialTalent.
+    #[arg(long)]
+    pub full: bool,
+    /// The plan / result report [default: text on a terminal, else json].
+    #[arg(long, value_enum)]
+    pub output: Option<OutputFormat>,
+    /// Release deactivations held by the safety threshold.
+    #[arg(long)]
+    pub allow_deactivations: bool,
+    /// Write the source read, the state snapshot and the plan as JSON files into this
+    /// directory (test fixtures).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub dump: Option<PathBuf>,
+}
+
+/// A command's failure, with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code (1 or 2).
+    pub code: u8,
+    /// The message.
+    pub message: String,
+}
+
+impl Failure {
+    fn usage(message: impl ToString) -> Failure {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+
+    fn failed(message: impl ToString) -> Failure {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<SyncError> for Failure {
+    fn from(error: SyncError) -> Failure {
+        match error {
+            SyncError::Secret(_) => Failure::usage(error),
+            other => Failure::failed(other),
+        }
+    }
+}
+
+impl From<crate::state::StateError> for Failure {
+    fn from(error: crate::state::StateError) -> Failure {
+        Failure::failed(error)
+    }
+}
+
+/// Runs the program: parses arguments, runs the command, returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(failure) => {
+            tracing::debug!(message = "Command failed.", code = failure.code);
+            eprintln!("error: {}", failure.message);
+            failure.code
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn run(cli: Cli) -> Result<u8, Failure> {
+    let path = config_path(cli.config.as_deref());
+    let config = Config::load(&path);
+    let log_format = match (cli.log_format, &config) {
+        (Some(LogFormatArg::Json), _) => LogFormat::Json,
+        (Some(LogFormatArg::Text), _) => LogFormat::Text,
+        (None, Ok(config)) => config.observability.log_format,
+        (None, Err(_)) => LogFormat::Text,
+    };
+    init_logging(log_format, cli.verbose, cli.quiet);
+    let config = config.map_err(Failure::usage)?;
+    for secret in config.secrets() {
+        if secret.is_inline() {
+            tracing::warn!(
+                message = "A secret is written inline in the configuration; prefer ${ENV_VAR} or a *_file key.",
+                key = %secret.key
+            );
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Failure::failed(format!("cannot start the async runtime: {error}")))?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Sync(args) => sync_command(&config, args).await,
+            Command::CheckConfig { connect } => check_config(&config, connect).await,
+            Command::Preview {
+                user,
+                apply,
+                output,
+            } => preview(&config, &user, apply, output).await,
+            Command::Status { output } => status(&config, output),
+        }
+    })
+}
+
+/// `--config`, else `$SOCIALTALENT_SYNC_CONFIG`, else the system path.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_owned)
+        .or_else(|| {
+            std::env::var_os("SOCIALTALENT_SYNC_CONFIG")
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("socialtalent_sync={level},warn"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // A second initialisation (tests running commands in one process) is harmless.
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Opens the state for a command that writes, or for reading when it exists.
+fn open_state(config: &Config, create: bool) -> Result<Option<State>, Failure> {
+    let path = &config.state.path;
+    if !create && !path.join("db").exists() {
+        return Ok(None);
+    }
+    Ok(Some(State::open(path)?))
+}
+
+async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
+    let mode = if args.dry_run {
+        Mode::DryRun
+    } else {
+        Mode::Apply
+    };
+    let output = args.output.unwrap_or(if std::io::stdout().is_terminal() {
+        OutputFormat::Text
+    } else {
+        OutputFormat::Json
+    });
+    let state = open_state(config, mode == Mode::Apply)?;
+    let options = Options {
+        mode,
+        full: args.full,
+        allow_deactivations: args.allow_deactivations,
+    };
+    if let Some(dir) = &args.dump {
+        dump(config, state.as_ref(), options, dir).await?;
+    }
+    let bar = progress_bar(output);
+    let on_progress = |event: Progress| {
+        if let Some(bar) = &bar {
+            match event {
+                Progress::Planned { users_read, writes } => {
+                    bar.set_length(writes as u64);
+                    bar.set_message(format!("{users_read} users read; sending"));
+                }
+                Progress::ActionDone => bar.inc(1),
+            }
+        }
+    };
+    let outcome = sync::run_once(config, state.as_ref(), options, &on_progress).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let summary = outcome.plan.summary();
+    tracing::info!(
+        message = "Sync finished.",
+        mode = ?outcome.mode,
+        users_read = outcome.read.records_read(),
+        create = summary.create,
+        update = summary.update,
+        deactivate = summary.deactivate,
+        reactivate = summary.reactivate,
+        skipped = summary.skipped,
+        held = summary.held,
+        failed = outcome.failed(),
+    );
+    match output {
+        OutputFormat::Text => print!("{}", crate::report::to_text(&outcome)),
+        OutputFormat::Json => println!("{}", pretty(&crate::report::to_json(&outcome))),
+    }
+    Ok(outcome.exit_code())
+}
+
+fn progress_bar(output: OutputFormat) -> Option<indicatif::ProgressBar> {
+    if output != OutputFormat::Text || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} requests")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message("reading the source");
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(bar)
+}
+
+async fn dump(
+    config: &Config,
+    state: Option<&State>,
+    options: Options,
+    dir: &Path,
+) -> Result<(), Failure> {
+    let planned = sync::plan_run(
+        config,
+        state,
+        Options {
+            mode: Mode::DryRun,
+            ..options
+        },
+    )
+    .await?;
+    std::fs::create_dir_all(dir)
+        .map_err(|error| Failure::failed(format!("cannot create {}: {error}", dir.display())))?;
+    let users: Vec<&crate::model::SourceUser> =
+        planned.read.users.iter().map(|u| u.as_ref()).collect();
+    let state_users: serde_json::Map<String, Value> = planned
+        .snapshot
+        .users
+        .iter()
+        .map(|(id, record)| (id.0.clone(), json!(record)))
+        .collect();
+    let files = [
+        (
+            "source.json",
+            json!({"read": &planned.read, "users": users}),
+        ),
+        ("state.json", Value::Object(state_users)),
+        ("plan.json", json!(planned.plan.actions)),
+    ];
+    for (name, value) in files {
+        std::fs::write(dir.join(name), pretty(&value)).map_err(|error| {
+            Failure::failed(format!(
+                "cannot write {}: {error}",
+                dir.join(name).display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+async fn check_config(config: &Config, connect: bool) -> Result<u8, Failure> {
+    println!("configuration {}: valid", config.file.display());
+    println!("  source: {}", config.source.kind());
+    if let SourceConfig::File(file) = &config.source {
+        println!("  source file: {}", file.path.display());
+    }
+    println!("  target: {}", config.target.base_url);
+    println!("  state: {}", config.state.path.display());
+    println!(
+        "  mapped attributes: {}",
+        config.mapping.attributes().join(", ")
+    );
+    let mut problems = 0;
+    for secret in config.secrets() {
+        match secret.resolve() {
+            Ok(_) => println!("  secret {}: present", secret.key),
+            Err(error) => {
+                problems += 1;
+                println!("  secret {}: MISSING — {error}", secret.key);
+            }
+        }
+    }
+    if connect {
+        problems += check_connections(config).await?;
+    }
+    if problems > 0 {
+        return Err(Failure::usage(format!(
+            "{problems} problem(s) found in {}",
+            config.file.display()
+        )));
+    }
+    println!("ok");
+    Ok(0)
+}
+
+/// Contacts the source and the target; returns how many configuration problems it found.
+async fn check_connections(config: &Config) -> Result<usize, Failure> {
+    let read = crate::source::read(&config.source)
+        .await
+        .map_err(Failure::failed)?;
+    println!("  source: read {} users", read.records_read());
+    let client = sync::scim_client(config)?;
+    let provider = client
+        .get_optional("/ServiceProviderConfig")
+        .await
+        .map_err(Failure::failed)?;
+    println!(
+        "  target: authenticated; /ServiceProviderConfig {}",
+        if provider.is_some() {
+            "read"
+        } else {
+            "not served"
+        }
+    );
+    let Some(schemas) = client
+        .get_optional("/Schemas")
+        .await
+        .map_err(Failure::failed)?
+    else {
+        println!("  target: /Schemas is not served; the mapping cannot be checked before writing");
+        return Ok(0);
+    };
+    let undeclared = undeclared_attributes(
+        &config.mapping.attributes(),
+        &schemas,
+        &config.target.extension_schema,
+    );
+    for attribute in &undeclared {
+        println!("  mapping: {attribute} is not declared by the target's schemas");
+    }
+    if undeclared.is_empty() {
+        println!("  mapping: every mapped attribute is declared by the target");
+    }
+    Ok(undeclared.len())
+}
+
+/// Mapped attributes that the target's `/Schemas` does not declare.
+pub fn undeclared_attributes(
+    attributes: &[String],
+    schemas: &Value,
+    extension_schema: &str,
+) -> Vec<String> {
+    let resources: Vec<&Value> = match schemas {
+        Value::Array(items) => items.iter().collect(),
+        other => other
+            .get("Resources")
+            .and_then(Value::as_array)
+            .map(|items| items.iter().collect())
+            .unwrap_or_default(),
+    };
+    let declared = |schema: &str| -> Option<&Vec<Value>> {
+        resources
+            .iter()
+            .find(|resource| resource.get("id").and_then(Value::as_str) == Some(schema))
+            .and_then(|resource| resource.get("attributes"))
+            .and_then(Value::as_array)
+    };
+    let has = |list: Option<&Vec<Value>>, name: &str| -> bool {
+        list.is_some_and(|list| {
+            list.iter().any(|attribute| {
+                attribute
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|declared| declared.eq_ignore_ascii_case(name))
+            })
+        })
+    };
+    let core = declared(wire::CORE_SCHEMA);
+    let name_subs = core.and_then(|attributes| {
+        attributes
+            .iter()
+            .find(|a| a.get("name").and_then(Value::as_str) == Some("name"))
+            .and_then(|a| a.get("subAttributes"))
+            .and_then(Value::as_array)
+    });
+    let extension = if extension_schema.is_empty() {
+        core
+    } else {
+        declared(extension_schema)
+    };
+    attributes
+        .iter()
+        .filter(|attribute| match wire::placement(attribute) {
+            wire::Placement::Core => !has(core, attribute),
+            wire::Placement::Name => !has(name_subs, &attribute["name.".len()..]),
+            wire::Placement::Extension => !has(extension, attribute),
+        })
+        .cloned()
+        .collect()
+}
+
+async fn preview(
+    config: &Config,
+    wanted: &str,
+    apply: bool,
+    output: OutputFormat,
+) -> Result<u8, Failure> {
+    let state = open_state(config, apply)?;
+    let options = Options {
+        mode: Mode::DryRun,
+        full: true,
+        allow_deactivations: false,
+    };
+    let planned = sync::plan_run(config, state.as_ref(), options).await?;
+    let folded = wanted.to_lowercase();
+    let user = planned
+        .read
+        .users
+        .iter()
+        .find(|user| {
+            user.id.0 == wanted
+                || user
+                    .login
+                    .as_deref()
+                    .is_some_and(|l| l.to_lowercase() == folded)
+                || user
+                    .email
+                    .as_deref()
+                    .is_some_and(|e| e.to_lowercase() == folded)
+        })
+        .ok_or_else(|| {
+            Failure::failed(format!(
+                "no user {wanted:?} in the source (looked up by id, login and email)"
+            ))
+        })?;
+    let mapped = planned
+        .mapped
+        .iter()
+        .find(|mapped| mapped.idp_id == user.id)
+        .ok_or_else(|| Failure::failed("internal: the user was read but not mapped"))?;
+    let (scope, payload, mapping_error) = match &mapped.decision {
+        Decision::Provision(attributes) => (
+            "in scope",
+            Some(wire::user_document(
+                attributes,
+                &config.target.extension_schema,
+                true,
+            )),
+            None,
+        ),
+        Decision::Inactive => ("not provisioned: inactive in the source", None, None),
+        Decision::OutOfScope => ("not provisioned: outside [scope] when", None, None),
+        Decision::Failed(error) => ("mapping failed", None, Some(error.to_string())),
+    };
+    let action = planned
+        .plan
+        .actions
+        .iter()
+        .find(|action| action.idp_id == user.id);
+    let action_json = action.map_or_else(|| json!({"op": "none"}), |action| json!(action));
+    if output == OutputFormat::Json {
+        println!(
+            "{}",
+            pretty(&json!({
+                "user": user.as_ref(),
+                "scope": scope,
+                "mapping_error": mapping_error,
+                "payload": payload,
+                "action": action_json,
+            }))
+        );
+    } else {
+        println!(
+            "Source attributes of {} ({}):\n{}\n",
+            user.label(),
+            user.id,
+            pretty(&json!(user.as_ref()))
+        );
+        println!("Scope: {scope}");
+        if let Some(error) = &mapping_error {
+            println!("Mapping error: {error}");
+        }
+        if let Some(payload) = &payload {
+            println!("\nMapped SCIM document:\n{}", pretty(payload));
+        }
+        match action {
+            None => println!("\nAction: none (SocialTalent already matches)"),
+            Some(action) => {
+                println!("\nAction: {:?}", action.op);
+                for change in &action.changes {
+                    println!("  {}: {} → {}", change.attribute, change.from, change.to);
+                }
+                if let Some(reason) = action.reason.as_ref().or(action.error.as_ref()) {
+                    println!("  {reason}");
+                }
+            }
+        }
+    }
+    if !apply {
+        return Ok(0);
+    }
+    let Some(action) = action.filter(|action| action.op.writes_target()) else {
+        println!("\nNothing to apply.");
+        return Ok(0);
+    };
+    let state =
+        state.ok_or_else(|| Failure::failed("internal: the state was not opened for writing"))?;
+    let client = sync::scim_client(config)?;
+    let single = crate::plan::Plan {
+        actions: vec![crate::plan::Action {
+            wave: 0,
+            ..action.clone()
+        }],
+        ..crate::plan::Plan::default()
+    };
+    let known = planned
+        .snapshot
+        .users
+        .iter()
+        .map(|(idp_id, record)| (record.scim_id.clone(), idp_id.clone()))
+        .collect();
+    let settings = crate::executor::WriteSettings {
+        update_with: config.target.update_with,
+        deactivate_with: config.target.deactivate_with,
+        max_in_flight: 1,
+        quarantine_after: config.safety.failure_quarantine_after,
+    };
+    let results =
+        crate::executor::execute(&client, &state, settings, &single, &known, &|| {}).await;
+    state.flush()?;
+    match results.first() {
+        Some(crate::executor::ActionResult::Failed { error }) => Err(Failure::failed(format!(
+            "applying {:?} failed: {error}",
+            action.op
+        ))),
+        _ => {
+            println!("\nApplied: {:?} {}", action.op, action.user_name);
+            Ok(0)
+        }
+    }
+}
+
+fn status(config: &Config, output: OutputFormat) -> Result<u8, Failure> {
+    let Some(state) = open_state(config, false)? else {
+        if output == OutputFormat::Json {
+            println!(
+                "{}",
+                pretty(&json!({"state": config.state.path, "initialised": false}))
+            );
+        } else {
+            println!(
+                "No state yet at {} (no sync has run).",
+                config.state.path.display()
+            );
+        }
+        return Ok(0);
+    };
+    let snapshot = state.snapshot()?;
+    let runs = state.recent_runs(10)?;
+    let quarantine_after = config.safety.failure_quarantine_after;
+    let active = snapshot.active_count();
+    let deactivated = snapshot.users.len() - active;
+    let failing: Vec<Value> = snapshot
+        .failures
+        .iter()
+        .map(|(idp_id, failure)| {
+            json!({
+                "idp_id": idp_id,
+                "userName": failure.label,
+                "consecutive_failures": failure.consecutive,
+                "quarantined": failure.consecutive >= quarantine_after,
+                "last_error": failure.last_error,
+                "last_failed_at": failure.last_failed_at,
+            })
+        })
+        .collect();
+    let held = runs.first().map(|run| run.held.clone()).unwrap_or_default();
+    let document = json!({
+        "state": state.path(),
+        "initialised": true,
+        "users": {"active": active, "deactivated": deactivated},
+        "last_runs": runs,
+        "held_deactivations": held,
+        "failing_users": failing,
+    });
+    if output == OutputFormat::Json {
+        println!("{}", pretty(&document));
+        return Ok(0);
+    }
+    println!("State: {}", state.path().display());
+    println!("Users: {active} active, {deactivated} deactivated");
+    println!("\nLast runs (newest first):");
+    if runs.is_empty() {
+        println!("  none");
+    }
+    for run in &runs {
+        let s = run.summary;
+        println!(
+            "  {}  {:<6} {} {}: {} read; {} created, {} updated, {} deactivated, {} reactivated, {} held, {} skipped, {} failed{}",
+            run.finished_at,
+            run.outcome,
+            run.source,
+            if run.full { "full" } else { "incremental" },
+            run.users_read,
+            s.create,
+            s.update,
+            s.deactivate,
+            s.reactivate,
+            s.held,
+            s.skipped,
+            s.failed,
+            run.error
+                .as_ref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default(),
+        );
+    }
+    println!("\nHeld deactivations (last run):");
+    if held.is_empty() {
+        println!("  none");
+    }
+    for entry in &held {
+        println!("  {} ({}): {}", entry.user_name, entry.idp_id, entry.reason);
+    }
+    println!("\nFailing users:");
+    if snapshot.failures.is_empty() {
+        println!("  none");
+    }
+    for (idp_id, failure) in &snapshot.failures {
+        println!(
+            "  {} ({idp_id}): {} failed run(s) in a row{} — {}",
+            failure.label,
+            failure.consecutive,
+            if failure.consecutive >= quarantine_after {
+                ", QUARANTINED"
+            } else {
+                ""
+            },
+            failure.last_error
+        );
+    }
+    Ok(0)
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value)
+        .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"))
+}

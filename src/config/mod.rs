@@ -1,0 +1,825 @@
+//! The configuration file (SPEC §4) in two stages: [`raw`] is the TOML as written (serde, unknown
+//! keys rejected), and [`Config`] is the validated form — URLs checked, schedules parsed, secrets
+//! located (not read), and the mapping compiled. Every error names the file, the key path and,
+//! where known, the line and column.
+
+mod raw;
+pub mod secret;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use secret::{Secret, SecretError, SecretSetting};
+
+use crate::mapping::{MappingSpec, RuleSpec};
+use crate::model::SourceKind;
+
+/// The default configuration path when neither `--config` nor `$SOCIALTALENT_SYNC_CONFIG` is set.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/socialtalent-sync/config.toml";
+
+/// The default SocialTalent extension schema URN.
+pub const DEFAULT_EXTENSION_SCHEMA: &str =
+    "urn:ietf:params:scim:schemas:extension:socialtalent:2.0:User";
+
+/// A configuration problem: where it is and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}{}: {message}", file.display(), key, location.map(|(l, c)| format!(" (line {l}, column {c})")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The key path, for example `target.base_url` or `mapping.role.rules[1].when`.
+    pub key: String,
+    /// Line and column (1-based), when known.
+    pub location: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// `[source]`.
+    pub source: SourceConfig,
+    /// `[target]`.
+    pub target: TargetConfig,
+    /// `[schedule]`.
+    pub schedule: ScheduleConfig,
+    /// `[state]`.
+    pub state: StateConfig,
+    /// `[safety]`.
+    pub safety: SafetyConfig,
+    /// `[reconcile]`.
+    pub reconcile: ReconcileConfig,
+    /// `[writeback]`, when configured.
+    pub writeback: Option<WritebackConfig>,
+    /// `[observability]`.
+    pub observability: ObservabilityConfig,
+    /// `[scope]` and `[mapping]`, compiled.
+    pub mapping: Arc<crate::mapping::Mapper>,
+}
+
+/// `[source]`: which IdP and how to reach it.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// `kind = "file"`.
+    File(FileSourceConfig),
+    /// `kind = "okta"`.
+    Okta(OktaConfig),
+    /// `kind = "entra"`.
+    Entra(EntraConfig),
+}
+
+impl SourceConfig {
+    /// The kind of source.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            SourceConfig::File(_) => SourceKind::File,
+            SourceConfig::Okta(_) => SourceKind::Okta,
+            SourceConfig::Entra(_) => SourceKind::Entra,
+        }
+    }
+}
+
+/// `[source.file]`.
+#[derive(Debug, Clone)]
+pub struct FileSourceConfig {
+    /// The export, resolved against the configuration file's directory.
+    pub path: PathBuf,
+}
+
+/// `[source.okta]`.
+#[derive(Debug, Clone)]
+pub struct OktaConfig {
+    /// The org URL, for example `https://example.okta.com`.
+    pub org_url: url::Url,
+    /// The API token (`SSWS`), when used.
+    pub token: SecretSetting,
+    /// The OAuth service app's client id, when used instead of a token.
+    pub client_id: Option<String>,
+    /// The service app's private key (PEM), when used.
+    pub private_key: SecretSetting,
+    /// OAuth scopes to ask for.
+    pub scopes: Vec<String>,
+    /// Whether SUSPENDED users count as active.
+    pub suspended_is_active: bool,
+    /// Group names or globs whose membership is read; empty means all.
+    pub groups: Vec<String>,
+}
+
+/// `[source.entra]`.
+#[derive(Debug, Clone)]
+pub struct EntraConfig {
+    /// The directory (tenant) id.
+    pub tenant_id: String,
+    /// The application (client) id.
+    pub client_id: String,
+    /// The client secret, when used.
+    pub client_secret: SecretSetting,
+    /// The certificate (PEM), when used instead of a secret.
+    pub certificate_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub private_key: SecretSetting,
+    /// Properties added to `$select`.
+    pub extra_attributes: Vec<String>,
+    /// Group names or globs whose membership is read; empty means all.
+    pub groups: Vec<String>,
+    /// Microsoft Graph's base URL.
+    pub graph_url: url::Url,
+    /// The identity platform's base URL.
+    pub login_url: url::Url,
+}
+
+/// How updates are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateWith {
+    /// `PUT /Users/{id}` with the full document.
+    Put,
+    /// `PATCH /Users/{id}` with one operation per changed attribute.
+    Patch,
+}
+
+/// How deactivations are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeactivateWith {
+    /// `DELETE /Users/{id}`.
+    Delete,
+    /// `PATCH /Users/{id}` with `active: false`.
+    Patch,
+}
+
+/// `[target]`: SocialTalent's SCIM endpoint.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// The SCIM base URL (without a trailing slash).
+    pub base_url: url::Url,
+    /// The bearer token.
+    pub token: SecretSetting,
+    /// The extension schema URN; empty sends extension attributes at the top level.
+    pub extension_schema: String,
+    /// How updates are sent.
+    pub update_with: UpdateWith,
+    /// How deactivations are sent.
+    pub deactivate_with: DeactivateWith,
+    /// Requests per second, retries included.
+    pub requests_per_second: f64,
+    /// How many requests may start at once after a quiet period.
+    pub burst: u32,
+    /// Requests in flight at once.
+    pub max_in_flight: usize,
+    /// The timeout of one request.
+    pub timeout: Duration,
+    /// Retries of one request (429, 5xx, transport errors).
+    pub max_retries: u32,
+}
+
+/// `[schedule]` for `run`.
+#[derive(Debug, Clone)]
+pub struct ScheduleConfig {
+    /// Incremental runs, as a 6-field (seconds) cron expression.
+    pub cron: cron::Schedule,
+    /// Full reconciliations, as a 6-field cron expression.
+    pub full_cron: cron::Schedule,
+    /// The time zone the expressions are read in.
+    pub timezone: chrono_tz::Tz,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// The state directory.
+    pub path: PathBuf,
+}
+
+/// `[safety]`.
+#[derive(Debug, Clone)]
+pub struct SafetyConfig {
+    /// A run may deactivate this many users…
+    pub max_deactivations: usize,
+    /// …or this share (percent) of the active users in the state, if that is more.
+    pub max_deactivation_percent: f64,
+    /// Consecutive failed runs before a user is quarantined.
+    pub failure_quarantine_after: u32,
+}
+
+/// What to do with drifted values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftPolicy {
+    /// Push our values again.
+    Repair,
+    /// List the drift only.
+    Report,
+}
+
+/// What to do with orphaned SocialTalent accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanPolicy {
+    /// List them only.
+    Report,
+    /// Deactivate them (within the safety limits).
+    Deactivate,
+}
+
+/// `[reconcile]`.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// Whether full runs read SocialTalent back.
+    pub read_back: bool,
+    /// Drift policy.
+    pub drift: DriftPolicy,
+    /// Orphan policy.
+    pub orphans: OrphanPolicy,
+    /// Users per `GET /Users` page.
+    pub page_size: u32,
+}
+
+/// `[writeback]`.
+#[derive(Debug, Clone)]
+pub struct WritebackConfig {
+    /// The IdP attribute written.
+    pub attribute: String,
+    /// The template of the value (sees `scim` and `user`).
+    pub value: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[observability]`.
+#[derive(Debug, Clone)]
+pub struct ObservabilityConfig {
+    /// The HTTP endpoint's address, or `None` when turned off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for the first problem found: unreadable file, TOML syntax, unknown key,
+    /// bad value, or a mapping that does not compile.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            file: path.to_owned(),
+            key: "(file)".into(),
+            location: None,
+            message: format!("cannot read the configuration: {error}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates configuration text as if read from `path`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|error| {
+            let location = error.span().map(|span| line_column(text, span.start));
+            ConfigError {
+                file: path.to_owned(),
+                key: raw::key_of_toml_error(text, &error),
+                location,
+                message: error.message().trim().to_owned(),
+            }
+        })?;
+        let config_dir = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let validator = Validator {
+            file: path,
+            text,
+            dir: &config_dir,
+        };
+        validator.validate(raw)
+    }
+
+    /// Every secret this configuration refers to, for `check-config`.
+    pub fn secrets(&self) -> Vec<&SecretSetting> {
+        let mut secrets = vec![&self.target.token];
+        match &self.source {
+            SourceConfig::File(_) => {}
+            SourceConfig::Okta(okta) => {
+                if okta.client_id.is_some() {
+                    secrets.push(&okta.private_key);
+                } else {
+                    secrets.push(&okta.token);
+                }
+            }
+            SourceConfig::Entra(entra) => {
+                if entra.certificate_file.is_some() {
+                    secrets.push(&entra.private_key);
+                } else {
+                    secrets.push(&entra.client_secret);
+                }
+            }
+        }
+        secrets
+    }
+}
+
+/// Turns a byte offset into a 1-based line and column (in characters).
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit_once('\n')
+        .map_or(before, |(_, last)| last)
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    text: &'a str,
+    dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            key: key.to_owned(),
+            location: raw::locate_key(self.text, key),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self, raw: raw::RawConfig) -> Result<Config, ConfigError> {
+        let source = self.source(raw.source)?;
+        let target = self.target(raw.target)?;
+        let schedule = self.schedule(raw.schedule)?;
+        let state = self.state(raw.state);
+        let safety = self.safety(raw.safety)?;
+        let reconcile = self.reconcile(raw.reconcile)?;
+        let writeback = raw
+            .writeback
+            .map(|writeback| WritebackConfig {
+                attribute: writeback.attribute,
+                value: writeback
+                    .value
+                    .unwrap_or_else(|| "{{ scim.id }}".to_owned()),
+            })
+            .map(|writeback| {
+                if writeback.attribute.trim().is_empty() {
+                    Err(self.error("writeback.attribute", "must not be empty"))
+                } else {
+                    Ok(writeback)
+                }
+            })
+            .transpose()?;
+        let observability = self.observability(raw.observability)?;
+        let mapping = self.mapping(raw.scope, raw.mapping)?;
+        Ok(Config {
+            file: self.file.to_owned(),
+            source,
+            target,
+            schedule,
+            state,
+            safety,
+            reconcile,
+            writeback,
+            observability,
+            mapping: Arc::new(mapping),
+        })
+    }
+
+    fn source(&self, raw: raw::RawSource) -> Result<SourceConfig, ConfigError> {
+        match raw.kind.as_str() {
+            "file" => {
+                let file = raw.file.ok_or_else(|| {
+                    self.error(
+                        "source.file",
+                        "kind = \"file\" needs a [source.file] section with `path`",
+                    )
+                })?;
+                Ok(SourceConfig::File(FileSourceConfig {
+                    path: self.dir.join(file.path),
+                }))
+            }
+            "okta" => {
+                let okta = raw.okta.ok_or_else(|| {
+                    self.error(
+                        "source.okta",
+                        "kind = \"okta\" needs a [source.okta] section",
+                    )
+                })?;
+                let org_url = self.url("source.okta.org_url", &okta.org_url)?;
+                let token = self.secret("source.okta.token", okta.token, okta.token_file)?;
+                let private_key =
+                    self.secret("source.okta.private_key", None, okta.private_key_file)?;
+                if okta.client_id.is_some() == token.source.is_some() {
+                    return Err(self.error(
+                        "source.okta",
+                        "give either an API token (token or token_file) or an OAuth service app (client_id and private_key_file)",
+                    ));
+                }
+                if okta.client_id.is_some() && private_key.source.is_none() {
+                    return Err(self.error(
+                        "source.okta.private_key_file",
+                        "an OAuth service app (client_id) needs private_key_file",
+                    ));
+                }
+                Ok(SourceConfig::Okta(OktaConfig {
+                    org_url,
+                    token,
+                    client_id: okta.client_id,
+                    private_key,
+                    scopes: okta.scopes.unwrap_or_else(|| {
+                        vec!["okta.users.read".to_owned(), "okta.groups.read".to_owned()]
+                    }),
+                    suspended_is_active: okta.suspended_is_active.unwrap_or(false),
+                    groups: okta.groups.unwrap_or_default(),
+                }))
+            }
+            "entra" => {
+                let entra = raw.entra.ok_or_else(|| {
+                    self.error(
+                        "source.entra",
+                        "kind = \"entra\" needs a [source.entra] section",
+                    )
+                })?;
+                let client_secret = self.secret(
+                    "source.entra.client_secret",
+                    entra.client_secret,
+                    entra.client_secret_file,
+                )?;
+                let private_key =
+                    self.secret("source.entra.private_key", None, entra.private_key_file)?;
+                if entra.certificate_file.is_some() == client_secret.source.is_some() {
+                    return Err(self.error(
+                        "source.entra",
+                        "give either client_secret (or client_secret_file) or certificate_file with private_key_file",
+                    ));
+                }
+                if entra.certificate_file.is_some() && private_key.source.is_none() {
+                    return Err(self.error(
+                        "source.entra.private_key_file",
+                        "certificate_file needs private_key_file",
+                    ));
+                }
+                Ok(SourceConfig::Entra(EntraConfig {
+                    tenant_id: non_empty(self, "source.entra.tenant_id", entra.tenant_id)?,
+                    client_id: non_empty(self, "source.entra.client_id", entra.client_id)?,
+                    client_secret,
+                    certificate_file: entra.certificate_file.map(|path| self.dir.join(path)),
+                    private_key,
+                    extra_attributes: entra.extra_attributes.unwrap_or_default(),
+                    groups: entra.groups.unwrap_or_default(),
+                    graph_url: self.url(
+                        "source.entra.graph_url",
+                        entra
+                            .graph_url
+                            .as_deref()
+                            .unwrap_or("https://graph.microsoft.com"),
+                    )?,
+                    login_url: self.url(
+                        "source.entra.login_url",
+                        entra
+                            .login_url
+                            .as_deref()
+                            .unwrap_or("https://login.microsoftonline.com"),
+                    )?,
+                }))
+            }
+            other => Err(self.error(
+                "source.kind",
+                format!("unknown source kind {other:?}; expected \"okta\", \"entra\" or \"file\""),
+            )),
+        }
+    }
+
+    fn target(&self, raw: raw::RawTarget) -> Result<TargetConfig, ConfigError> {
+        let mut base_url = self.url("target.base_url", &raw.base_url)?;
+        let trimmed = base_url.path().trim_end_matches('/').to_owned();
+        base_url.set_path(&trimmed);
+        let token = self.secret("target.token", raw.token, raw.token_file)?;
+        let update_with = match raw.update_with.as_deref().unwrap_or("put") {
+            "put" => UpdateWith::Put,
+            "patch" => UpdateWith::Patch,
+            other => {
+                return Err(self.error(
+                    "target.update_with",
+                    format!("expected \"put\" or \"patch\", found {other:?}"),
+                ));
+            }
+        };
+        let deactivate_with = match raw.deactivate_with.as_deref().unwrap_or("delete") {
+            "delete" => DeactivateWith::Delete,
+            "patch" => DeactivateWith::Patch,
+            other => {
+                return Err(self.error(
+                    "target.deactivate_with",
+                    format!("expected \"delete\" or \"patch\", found {other:?}"),
+                ));
+            }
+        };
+        let requests_per_second = raw.requests_per_second.unwrap_or(5.0);
+        if !(requests_per_second.is_finite() && requests_per_second > 0.0) {
+            return Err(self.error(
+                "target.requests_per_second",
+                "must be a number greater than 0",
+            ));
+        }
+        let burst = raw.burst.unwrap_or(5);
+        if burst == 0 {
+            return Err(self.error("target.burst", "must be at least 1"));
+        }
+        let max_in_flight = raw.max_in_flight.unwrap_or(4);
+        if max_in_flight == 0 {
+            return Err(self.error("target.max_in_flight", "must be at least 1"));
+        }
+        let timeout = match raw.timeout.as_deref() {
+            None => Duration::from_secs(30),
+            Some(text) => humantime::parse_duration(text).map_err(|error| {
+                self.error(
+                    "target.timeout",
+                    format!("{error} (write a duration such as \"30s\" or \"2m\")"),
+                )
+            })?,
+        };
+        if timeout.is_zero() {
+            return Err(self.error("target.timeout", "must be longer than 0"));
+        }
+        Ok(TargetConfig {
+            base_url,
+            token,
+            extension_schema: raw
+                .extension_schema
+                .unwrap_or_else(|| DEFAULT_EXTENSION_SCHEMA.to_owned()),
+            update_with,
+            deactivate_with,
+            requests_per_second,
+            burst,
+            max_in_flight,
+            timeout,
+            max_retries: raw.max_retries.unwrap_or(5),
+        })
+    }
+
+    fn schedule(&self, raw: raw::RawSchedule) -> Result<ScheduleConfig, ConfigError> {
+        let cron = self.cron(
+            "schedule.cron",
+            raw.cron.as_deref().unwrap_or("*/10 * * * *"),
+        )?;
+        let full_cron = self.cron(
+            "schedule.full_cron",
+            raw.full_cron.as_deref().unwrap_or("0 3 * * *"),
+        )?;
+        let timezone_name = raw.timezone.as_deref().unwrap_or("UTC");
+        let timezone = timezone_name.parse::<chrono_tz::Tz>().map_err(|_| {
+            self.error(
+                "schedule.timezone",
+                format!("unknown time zone {timezone_name:?} (use an IANA name such as \"Europe/Dublin\")"),
+            )
+        })?;
+        Ok(ScheduleConfig {
+            cron,
+            full_cron,
+            timezone,
+        })
+    }
+
+    fn cron(&self, key: &str, expression: &str) -> Result<cron::Schedule, ConfigError> {
+        parse_cron(expression).map_err(|message| self.error(key, message))
+    }
+
+    fn state(&self, raw: raw::RawState) -> StateConfig {
+        let path = match raw.path {
+            Some(path) => self.dir.join(path),
+            None => std::env::var_os("STATE_DIRECTORY")
+                .map(|dirs| {
+                    // systemd may pass several colon-separated directories; the first is ours.
+                    let first = dirs
+                        .to_string_lossy()
+                        .split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    PathBuf::from(first)
+                })
+                .filter(|path| !path.as_os_str().is_empty())
+                .unwrap_or_else(|| PathBuf::from("socialtalent-sync-state")),
+        };
+        StateConfig { path }
+    }
+
+    fn safety(&self, raw: raw::RawSafety) -> Result<SafetyConfig, ConfigError> {
+        let percent = raw.max_deactivation_percent.unwrap_or(5.0);
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(self.error(
+                "safety.max_deactivation_percent",
+                "must be between 0 and 100",
+            ));
+        }
+        let quarantine = raw.failure_quarantine_after.unwrap_or(5);
+        if quarantine == 0 {
+            return Err(self.error("safety.failure_quarantine_after", "must be at least 1"));
+        }
+        Ok(SafetyConfig {
+            max_deactivations: raw.max_deactivations.unwrap_or(25),
+            max_deactivation_percent: percent,
+            failure_quarantine_after: quarantine,
+        })
+    }
+
+    fn reconcile(&self, raw: raw::RawReconcile) -> Result<ReconcileConfig, ConfigError> {
+        let drift = match raw.drift.as_deref().unwrap_or("repair") {
+            "repair" => DriftPolicy::Repair,
+            "report" => DriftPolicy::Report,
+            other => {
+                return Err(self.error(
+                    "reconcile.drift",
+                    format!("expected \"repair\" or \"report\", found {other:?}"),
+                ));
+            }
+        };
+        let orphans = match raw.orphans.as_deref().unwrap_or("report") {
+            "report" => OrphanPolicy::Report,
+            "deactivate" => OrphanPolicy::Deactivate,
+            other => {
+                return Err(self.error(
+                    "reconcile.orphans",
+                    format!("expected \"report\" or \"deactivate\", found {other:?}"),
+                ));
+            }
+        };
+        let page_size = raw.page_size.unwrap_or(100);
+        if page_size == 0 {
+            return Err(self.error("reconcile.page_size", "must be at least 1"));
+        }
+        Ok(ReconcileConfig {
+            read_back: raw.read_back.unwrap_or(true),
+            drift,
+            orphans,
+            page_size,
+        })
+    }
+
+    fn observability(
+        &self,
+        raw: raw::RawObservability,
+    ) -> Result<ObservabilityConfig, ConfigError> {
+        let listen = match raw.listen.as_deref().unwrap_or("127.0.0.1:9184") {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                self.error(
+                    "observability.listen",
+                    format!(
+                        "{text:?} is not an address such as \"127.0.0.1:9184\" (\"\" turns it off)"
+                    ),
+                )
+            })?),
+        };
+        let log_format = match raw.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(self.error(
+                    "observability.log_format",
+                    format!("expected \"text\" or \"json\", found {other:?}"),
+                ));
+            }
+        };
+        Ok(ObservabilityConfig { listen, log_format })
+    }
+
+    fn mapping(
+        &self,
+        scope: raw::RawScope,
+        mapping: raw::RawMapping,
+    ) -> Result<crate::mapping::Mapper, ConfigError> {
+        let mut rules = Vec::new();
+        for (name, value) in mapping {
+            if name == "udf" {
+                let toml::Value::Table(table) = value.get_ref() else {
+                    return Err(self.spanned_error(
+                        "mapping.udf",
+                        value.span().start,
+                        "must be a table of user-defined fields ([mapping.udf])",
+                    ));
+                };
+                for (field, rule) in table {
+                    let key = format!("mapping.udf.{field}");
+                    let spec = self.rule(&key, rule, value.span().start)?;
+                    rules.push((format!("udf_{field}"), key, spec));
+                }
+            } else {
+                let key = format!("mapping.{}", raw::quote_key(&name));
+                let spec = self.rule(&key, value.get_ref(), value.span().start)?;
+                rules.push((name, key, spec));
+            }
+        }
+        let spec = MappingSpec {
+            scope: scope.when,
+            rules,
+        };
+        crate::mapping::Mapper::compile(&spec).map_err(|error| {
+            let location = raw::locate_key(self.text, &error.key);
+            ConfigError {
+                file: self.file.to_owned(),
+                key: error.key,
+                location,
+                message: error.message,
+            }
+        })
+    }
+
+    fn rule(&self, key: &str, value: &toml::Value, offset: usize) -> Result<RuleSpec, ConfigError> {
+        RuleSpec::from_toml(value).map_err(|message| self.spanned_error(key, offset, message))
+    }
+
+    fn spanned_error(&self, key: &str, offset: usize, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            key: key.to_owned(),
+            location: Some(line_column(self.text, offset)),
+            message: message.into(),
+        }
+    }
+
+    fn url(&self, key: &str, text: &str) -> Result<url::Url, ConfigError> {
+        parse_service_url(text).map_err(|message| self.error(key, message))
+    }
+
+    fn secret(
+        &self,
+        key: &str,
+        inline: Option<String>,
+        file: Option<String>,
+    ) -> Result<SecretSetting, ConfigError> {
+        SecretSetting::from_keys(key, inline.as_deref(), file.as_deref(), self.dir)
+            .map_err(|message| self.error(key, message))
+    }
+}
+
+fn non_empty(validator: &Validator<'_>, key: &str, value: String) -> Result<String, ConfigError> {
+    if value.trim().is_empty() {
+        Err(validator.error(key, "must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Parses a URL that the program will call: `https`, or `http` to a loopback address.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_service_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "{text:?} uses http; only https is allowed (http only to a loopback address)"
+        )),
+        other => Err(format!("{text:?} uses {other:?}; only https is allowed")),
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain == "localhost",
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Parses a cron expression: standard 5 fields (minute precision) or 6/7 fields with seconds.
+///
+/// # Errors
+/// A message naming the expression and the parser's complaint.
+pub fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
+    let fields = expression.split_whitespace().count();
+    let normalised = match fields {
+        5 => format!("0 {expression}"),
+        6 | 7 => expression.to_owned(),
+        _ => {
+            return Err(format!(
+                "{expression:?} has {fields} fields; expected 5 (minute hour day month weekday) or 6 with seconds first"
+            ));
+        }
+    };
+    normalised
+        .parse::<cron::Schedule>()
+        .map_err(|error| format!("{expression:?} is not a valid cron expression: {error}"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! The configuration as written: serde structures with unknown keys rejected, plus the helpers
+//! that find a key's line and column in the text for error messages.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub source: RawSource,
+    pub target: RawTarget,
+    #[serde(default)]
+    pub schedule: RawSchedule,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub safety: RawSafety,
+    #[serde(default)]
+    pub reconcile: RawReconcile,
+    pub writeback: Option<RawWriteback>,
+    #[serde(default)]
+    pub observability: RawObservability,
+    #[serde(default)]
+    pub scope: RawScope,
+    pub mapping: RawMapping,
+}
+
+/// `[mapping]`: attribute name → rule, plus the `udf` sub-table.
+pub(super) type RawMapping = BTreeMap<String, Spanned<toml::Value>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub kind: String,
+    pub okta: Option<RawOkta>,
+    pub entra: Option<RawEntra>,
+    pub file: Option<RawFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOkta {
+    pub org_url: String,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub client_id: Option<String>,
+    pub private_key_file: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub suspended_is_active: Option<bool>,
+    pub groups: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEntra {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub certificate_file: Option<String>,
+    pub private_key_file: Option<String>,
+    pub extra_attributes: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+    pub graph_url: Option<String>,
+    pub login_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTarget {
+    pub base_url: String,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub extension_schema: Option<String>,
+    pub update_with: Option<String>,
+    pub deactivate_with: Option<String>,
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub max_in_flight: Option<usize>,
+    pub timeout: Option<String>,
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSchedule {
+    pub cron: Option<String>,
+    pub full_cron: Option<String>,
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSafety {
+    pub max_deactivations: Option<usize>,
+    pub max_deactivation_percent: Option<f64>,
+    pub failure_quarantine_after: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReconcile {
+    pub read_back: Option<bool>,
+    pub drift: Option<String>,
+    pub orphans: Option<String>,
+    pub page_size: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWriteback {
+    pub attribute: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawObservability {
+    pub listen: Option<String>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScope {
+    pub when: Option<String>,
+}
+
+/// Quotes a TOML key segment when it needs quotes (`name.givenName` → `"name.givenName"`).
+pub(super) fn quote_key(segment: &str) -> String {
+    if !segment.is_empty()
+        && segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        segment.to_owned()
+    } else {
+        format!("\"{segment}\"")
+    }
+}
+
+/// Splits a key path such as `mapping."name.givenName".rules[1].when` into bare segments.
+fn segments(key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in key.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => out.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    out.push(current);
+    out.into_iter()
+        .map(|segment| match segment.find('[') {
+            Some(index) => segment[..index].to_owned(),
+            None => segment,
+        })
+        .filter(|segment| !segment.is_empty())
+        .collect()
+}
+
+fn header_of(line: &str) -> Option<Vec<String>> {
+    let inner = line.trim().strip_prefix('[')?;
+    let inner = inner.trim_start_matches('[');
+    let end = inner.find(']')?;
+    Some(
+        segments(&inner[..end].replace(' ', ""))
+            .into_iter()
+            .collect(),
+    )
+}
+
+fn line_key(line: &str) -> Option<String> {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('#') || trimmed.starts_with('[') {
+        return None;
+    }
+    let end = trimmed.find('=')?;
+    let key = trimmed[..end].trim();
+    Some(key.trim_matches('"').to_owned())
+}
+
+/// Finds the line and column of `key` (a dotted path) in the TOML text: the key's own line when
+/// found in its table, else the table's header.
+pub(super) fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    let wanted = segments(key);
+    let mut best: Option<(usize, usize, usize)> = None; // (matched segments, line, column)
+    let mut section: Vec<String> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if let Some(header) = header_of(line) {
+            section = header;
+            if wanted.starts_with(&section) && best.is_none_or(|b| section.len() > b.0) {
+                let column = line.len() - line.trim_start().len() + 1;
+                best = Some((section.len(), index + 1, column));
+            }
+            continue;
+        }
+        let Some(line_key) = line_key(line) else {
+            continue;
+        };
+        let mut full = section.clone();
+        full.extend(segments(&line_key));
+        if wanted.starts_with(&full) && best.is_none_or(|b| full.len() > b.0) {
+            let column = line.len() - line.trim_start().len() + 1;
+            best = Some((full.len(), index + 1, column));
+        }
+    }
+    best.map(|(_, line, column)| (line, column))
+}
+
+/// Builds the key path of a TOML deserialisation error from the enclosing table header and the
+/// key under the error's span.
+pub(super) fn key_of_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else {
+        return "(file)".into();
+    };
+    let start = text.floor_char_boundary(span.start.min(text.len()));
+    let mut section = String::new();
+    for line in text[..start].lines() {
+        if let Some(header) = header_of(line) {
+            section = header.join(".");
+        }
+    }
+    let end = text.floor_char_boundary(span.end.min(text.len()));
+    let under = text[start..end].trim();
+    // An unknown or mistyped key's span covers the key (or its value); a key looks like one.
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let key_here = line_key(
+        &text[line_start
+            ..text[line_start..]
+                .find('\n')
+                .map_or(text.len(), |i| line_start + i)],
+    );
+    let leaf = if !under.is_empty()
+        && under
+            .trim_matches('"')
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && !under.starts_with('[')
+        && key_here.as_deref() == Some(under.trim_matches('"'))
+    {
+        Some(under.trim_matches('"').to_owned())
+    } else {
+        key_here
+    };
+    match (section.is_empty(), leaf) {
+        (true, Some(leaf)) => leaf,
+        (false, Some(leaf)) => format!("{section}.{leaf}"),
+        (false, None) => section,
+        (true, None) => "(file)".into(),
+    }
+}

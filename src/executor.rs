@@ -1,0 +1,313 @@
+//! The executor: the only code that writes to SocialTalent. It carries out a [`Plan`] wave by
+//! wave (managers before their reports), concurrently within the client's limits, records each
+//! confirmed write in the state at once, and goes on past per-user failures.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::config::{DeactivateWith, UpdateWith};
+use crate::model::{AccountStatus, Attributes, IdpId, UserRecord, attr};
+use crate::plan::{Action, Op, Plan, diff};
+use crate::scim::client::{ScimClient, ScimError};
+use crate::scim::wire;
+use crate::state::{State, StateError, now_rfc3339};
+
+/// How the executor sends writes.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteSettings {
+    /// `PUT` or `PATCH` for updates.
+    pub update_with: UpdateWith,
+    /// `DELETE` or `PATCH` for deactivations.
+    pub deactivate_with: DeactivateWith,
+    /// Concurrent actions.
+    pub max_in_flight: usize,
+    /// Consecutive failed runs before a user is quarantined.
+    pub quarantine_after: u32,
+}
+
+/// The result of one action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionResult {
+    /// SocialTalent confirmed it (and the state recorded it).
+    Ok {
+        /// What else happened (for example an adoption after a 409).
+        note: Option<String>,
+        /// The SocialTalent id the user now has.
+        scim_id: Option<String>,
+    },
+    /// It failed; the user is retried on the next run.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Nothing to send (skips, held deactivations).
+    NotSent,
+}
+
+/// Carries out the plan; returns one result per action, in the plan's order.
+///
+/// `known_scim_ids` maps SocialTalent ids the state already gives to an IdP user, so that a
+/// 409 never adopts another person's account. `on_done` is called after each action (progress).
+pub async fn execute(
+    client: &ScimClient,
+    state: &State,
+    settings: WriteSettings,
+    plan: &Plan,
+    known_scim_ids: &HashMap<String, IdpId>,
+    on_done: &(dyn Fn() + Sync),
+) -> Vec<ActionResult> {
+    let mut results = vec![ActionResult::NotSent; plan.actions.len()];
+    let mut waves: Vec<u32> = plan
+        .actions
+        .iter()
+        .filter(|a| a.op.writes_target())
+        .map(|a| a.wave)
+        .collect();
+    waves.sort_unstable();
+    waves.dedup();
+    let known = Arc::new(known_scim_ids);
+    for wave in waves {
+        let work: Vec<(usize, &Action)> = plan
+            .actions
+            .iter()
+            .enumerate()
+            .filter(|(_, action)| action.op.writes_target() && action.wave == wave)
+            .collect();
+        let mut stream = futures::stream::iter(work)
+            .map(|(index, action)| {
+                let known = Arc::clone(&known);
+                async move {
+                    let result = carry_out(client, state, settings, action, &known).await;
+                    (index, result)
+                }
+            })
+            .buffer_unordered(settings.max_in_flight.max(1));
+        while let Some((index, result)) = stream.next().await {
+            let action = &plan.actions[index];
+            let result = match result {
+                Ok((note, scim_id)) => ActionResult::Ok { note, scim_id },
+                Err(error) => {
+                    let error = error.to_string();
+                    note_failure(state, settings, action, &error);
+                    ActionResult::Failed { error }
+                }
+            };
+            results[index] = result;
+            on_done();
+        }
+    }
+    results
+}
+
+/// What went wrong with one action.
+#[derive(Debug, thiserror::Error)]
+enum ActionError {
+    #[error(transparent)]
+    Scim(#[from] ScimError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+type Done = (Option<String>, Option<String>);
+
+async fn carry_out(
+    client: &ScimClient,
+    state: &State,
+    settings: WriteSettings,
+    action: &Action,
+    known: &HashMap<String, IdpId>,
+) -> Result<Done, ActionError> {
+    let extension = client.extension_schema();
+    match action.op {
+        Op::Create | Op::Adopt => {
+            let attributes = desired(action)?;
+            create_or_adopt(client, state, settings, action, attributes, known).await
+        }
+        Op::Update | Op::Reactivate => {
+            let attributes = desired(action)?;
+            let scim_id = scim_id(action)?;
+            let reactivate = action.op == Op::Reactivate;
+            let sent = match settings.update_with {
+                UpdateWith::Put => {
+                    client
+                        .replace(scim_id, &wire::user_document(attributes, extension, true))
+                        .await
+                }
+                UpdateWith::Patch => {
+                    let body = wire::patch_document(
+                        &action.changes,
+                        extension,
+                        reactivate.then_some(true),
+                    );
+                    client.patch(scim_id, &body).await
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    record_active(state, action, scim_id, attributes)?;
+                    Ok((None, Some(scim_id.to_owned())))
+                }
+                Err(ScimError::NotFound { .. }) => {
+                    // The account vanished in SocialTalent: create it again.
+                    let created = client
+                        .create(&wire::user_document(attributes, extension, true))
+                        .await?;
+                    record_active(state, action, &created.id, attributes)?;
+                    Ok((
+                        Some("the account had vanished in SocialTalent; created again".into()),
+                        Some(created.id),
+                    ))
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        Op::Deactivate => {
+            let scim_id = scim_id(action)?;
+            let sent = match settings.deactivate_with {
+                DeactivateWith::Delete => client.delete(scim_id).await,
+                DeactivateWith::Patch => {
+                    client
+                        .patch(scim_id, &wire::patch_document(&[], extension, Some(false)))
+                        .await
+                }
+            };
+            let note = match sent {
+                Ok(()) => None,
+                Err(ScimError::NotFound { .. }) => {
+                    Some("the account was already gone in SocialTalent".to_owned())
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let mut record = state.user(&action.idp_id)?.ok_or_else(|| {
+                ActionError::Refused("the state no longer knows this user".into())
+            })?;
+            record.status = AccountStatus::Deactivated;
+            record.updated_at = now_rfc3339();
+            state.record_success(&action.idp_id, &record)?;
+            Ok((note, Some(scim_id.to_owned())))
+        }
+        Op::Held | Op::Skip | Op::Writeback => Ok((None, None)),
+    }
+}
+
+async fn create_or_adopt(
+    client: &ScimClient,
+    state: &State,
+    settings: WriteSettings,
+    action: &Action,
+    attributes: &Attributes,
+    known: &HashMap<String, IdpId>,
+) -> Result<Done, ActionError> {
+    let extension = client.extension_schema();
+    let document = wire::user_document(attributes, extension, true);
+    match client.create(&document).await {
+        Ok(created) => {
+            record_active(state, action, &created.id, attributes)?;
+            Ok((None, Some(created.id)))
+        }
+        Err(ScimError::Conflict { detail }) => {
+            // The account exists: adopt it instead of creating a duplicate.
+            let existing = client
+                .find_by_user_name(&action.user_name)
+                .await?
+                .ok_or_else(|| {
+                    ActionError::Refused(format!(
+                        "SocialTalent reports a conflict ({detail}) but has no account with userName {}",
+                        action.user_name
+                    ))
+                })?;
+            if let Some(owner) = known
+                .get(&existing.id)
+                .filter(|owner| **owner != action.idp_id)
+            {
+                return Err(ActionError::Refused(format!(
+                    "the account with userName {} belongs to IdP user {owner}; not adopted",
+                    action.user_name
+                )));
+            }
+            match settings.update_with {
+                UpdateWith::Put => client.replace(&existing.id, &document).await?,
+                UpdateWith::Patch => {
+                    let changes = diff(&existing.attributes, attributes);
+                    let changes: Vec<_> = changes
+                        .into_iter()
+                        .filter(|change| !change.to.is_null())
+                        .collect();
+                    let body = wire::patch_document(&changes, extension, Some(true));
+                    client.patch(&existing.id, &body).await?;
+                }
+            }
+            record_active(state, action, &existing.id, attributes)?;
+            Ok((
+                Some("an account with this userName existed; adopted and updated".into()),
+                Some(existing.id),
+            ))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn record_active(
+    state: &State,
+    action: &Action,
+    scim_id: &str,
+    attributes: &Attributes,
+) -> Result<(), StateError> {
+    let user_name = attributes
+        .get(attr::USER_NAME)
+        .and_then(Value::as_str)
+        .unwrap_or(&action.user_name)
+        .to_owned();
+    state.record_success(
+        &action.idp_id,
+        &UserRecord {
+            scim_id: scim_id.to_owned(),
+            user_name,
+            pushed: attributes.clone(),
+            status: AccountStatus::Active,
+            updated_at: now_rfc3339(),
+        },
+    )
+}
+
+fn note_failure(state: &State, settings: WriteSettings, action: &Action, error: &str) {
+    tracing::warn!(
+        message = "SocialTalent write failed.",
+        op = ?action.op,
+        user = %action.user_name,
+        idp_id = %action.idp_id,
+        %error
+    );
+    match state.record_failure(&action.idp_id, &action.user_name, error) {
+        Ok(count) if count >= settings.quarantine_after => tracing::warn!(
+            message = "User quarantined after repeated failures; retried on full runs.",
+            user = %action.user_name,
+            idp_id = %action.idp_id,
+            failures = count
+        ),
+        Ok(_) => {}
+        Err(state_error) => tracing::error!(
+            message = "Cannot record a failure in the state.",
+            idp_id = %action.idp_id,
+            error = %state_error
+        ),
+    }
+}
+
+fn desired(action: &Action) -> Result<&Attributes, ActionError> {
+    action
+        .attributes
+        .as_ref()
+        .ok_or_else(|| ActionError::Refused("internal: the action carries no attributes".into()))
+}
+
+fn scim_id(action: &Action) -> Result<&str, ActionError> {
+    action.scim_id.as_deref().ok_or_else(|| {
+        ActionError::Refused("internal: the action carries no SocialTalent id".into())
+    })
+}

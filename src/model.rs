@@ -1,0 +1,283 @@
+//! The values that flow through the pure core: the IdP-neutral [`SourceUser`] that templates see
+//! as `user`, what a source read returns ([`SourceRead`]), and the mapped [`Attributes`] that the
+//! planner compares. Nothing here knows Okta, Graph or SCIM JSON.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The IdP's stable identifier of a user (Okta `id`, Graph `id`, the file's `id` column).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdpId(pub String);
+
+impl fmt::Display for IdpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for IdpId {
+    fn from(value: &str) -> Self {
+        IdpId(value.to_owned())
+    }
+}
+
+/// Which kind of source produced a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The Okta Management API.
+    Okta,
+    /// Microsoft Entra ID through Microsoft Graph.
+    Entra,
+    /// A local JSON or CSV export.
+    File,
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SourceKind::Okta => "okta",
+            SourceKind::Entra => "entra",
+            SourceKind::File => "file",
+        })
+    }
+}
+
+/// The manager of a user, as templates see `user.manager`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManagerRef {
+    /// The manager's IdP id.
+    pub id: IdpId,
+    /// The manager's login, when known.
+    pub login: Option<String>,
+    /// The manager's email, when known.
+    pub email: Option<String>,
+    /// The manager's display name, when known.
+    pub display_name: Option<String>,
+}
+
+/// One IdP user in the same shape for every source (SPEC §4, "Templates see one variable").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceUser {
+    /// The IdP's id.
+    pub id: IdpId,
+    /// Okta `profile.login`, Graph `userPrincipalName`, the file's `login`.
+    pub login: Option<String>,
+    /// The user's email.
+    pub email: Option<String>,
+    /// Given name.
+    pub given_name: Option<String>,
+    /// Family name.
+    pub family_name: Option<String>,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Whether the IdP considers the person employed and able to sign in.
+    pub active: bool,
+    /// The IdP's own status word (for example `ACTIVE`, `SUSPENDED`, `enabled`).
+    pub status: Option<String>,
+    /// Department.
+    pub department: Option<String>,
+    /// Job title.
+    pub title: Option<String>,
+    /// Employee number.
+    pub employee_id: Option<String>,
+    /// The manager's IdP id as the source gave it (before resolution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager_id: Option<IdpId>,
+    /// The resolved manager, or none when the user has none or it matched nobody.
+    pub manager: Option<ManagerRef>,
+    /// Group names (already narrowed by `[source.*] groups`).
+    pub groups: Vec<String>,
+    /// Every attribute the source returned, by its source name.
+    pub attrs: serde_json::Map<String, Value>,
+}
+
+impl SourceUser {
+    /// The best human label for messages: login, else email, else the id.
+    pub fn label(&self) -> &str {
+        self.login
+            .as_deref()
+            .or(self.email.as_deref())
+            .unwrap_or(&self.id.0)
+    }
+
+    /// This user as a manager reference.
+    pub fn as_manager(&self) -> ManagerRef {
+        ManagerRef {
+            id: self.id.clone(),
+            login: self.login.clone(),
+            email: self.email.clone(),
+            display_name: self.display_name.clone(),
+        }
+    }
+}
+
+/// A source record that could not be turned into a [`SourceUser`]; it is skipped and reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectedRecord {
+    /// The record's id when it could be read; a record without one protects nobody from being
+    /// treated as absent, so the planner holds absence-based deactivations in that case.
+    pub idp_id: Option<IdpId>,
+    /// Where the record is (for example `directory.json record 7` or `line 12`).
+    pub location: String,
+    /// What is wrong with it.
+    pub error: String,
+}
+
+/// Everything one read of a source returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRead {
+    /// Which source.
+    pub kind: SourceKind,
+    /// Whether this is a complete listing: then a provisioned user missing from it has left.
+    pub full: bool,
+    /// The users read (on an incremental read, the changed ones), shared with the mapping.
+    pub users: Vec<std::sync::Arc<SourceUser>>,
+    /// Users the source reported as removed (incremental reads).
+    pub removed: Vec<IdpId>,
+    /// Records that could not be read; skipped and reported.
+    pub rejected: Vec<RejectedRecord>,
+    /// Non-fatal findings (for example a manager id that matches nobody).
+    pub warnings: Vec<String>,
+}
+
+impl SourceRead {
+    /// How many user records the read produced, good or bad.
+    pub fn records_read(&self) -> usize {
+        self.users.len() + self.rejected.len() + self.removed.len()
+    }
+}
+
+/// Mapped SCIM attributes by their mapping name (`userName`, `name.givenName`, `coreTeam`,
+/// `udf_Customer_ID`, …). Only non-empty values are present: an absent key means "not set".
+/// Multi-valued values are JSON arrays kept sorted and without duplicates, so that equal sets
+/// are equal values.
+pub type Attributes = BTreeMap<String, Value>;
+
+/// Attribute names the planner treats specially.
+pub mod attr {
+    /// The SCIM `userName`; compared case-insensitively.
+    pub const USER_NAME: &str = "userName";
+    /// The SCIM `externalId`; the IdP id unless mapped otherwise.
+    pub const EXTERNAL_ID: &str = "externalId";
+    /// SocialTalent's core team; mandatory on create.
+    pub const CORE_TEAM: &str = "coreTeam";
+    /// SocialTalent's role; mandatory on create, one of [`ROLES`].
+    pub const ROLE: &str = "role";
+    /// The roles SocialTalent accepts.
+    pub const ROLES: [&str; 3] = ["user", "advisor", "company_admin"];
+}
+
+/// Whether two values of `attribute` mean the same: `userName` ignores case, arrays compare as
+/// sets, and everything else compares exactly.
+pub fn same_value(attribute: &str, left: &Value, right: &Value) -> bool {
+    match (left, right) {
+        (Value::String(a), Value::String(b)) if attribute == attr::USER_NAME => {
+            a.to_lowercase() == b.to_lowercase()
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x))
+        }
+        _ => left == right,
+    }
+}
+
+/// Lower-cases a `userName` for case-insensitive lookups (RFC 7643 `caseExact: false`).
+pub fn fold_user_name(user_name: &str) -> String {
+    user_name.to_lowercase()
+}
+
+/// Whether a provisioned account is active in SocialTalent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountStatus {
+    /// Active: the person can sign in.
+    Active,
+    /// Deactivated by us.
+    Deactivated,
+}
+
+/// What the state remembers of one provisioned IdP user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// SocialTalent's SCIM id.
+    pub scim_id: String,
+    /// The `userName` last confirmed by SocialTalent.
+    pub user_name: String,
+    /// The attributes last confirmed by SocialTalent.
+    pub pushed: Attributes,
+    /// Active or deactivated.
+    pub status: AccountStatus,
+    /// When this record last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+/// Consecutive failed runs of one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// How many runs in a row failed for this user.
+    pub consecutive: u32,
+    /// The last error.
+    pub last_error: String,
+    /// The user's label at the time.
+    pub label: String,
+    /// When it last failed (RFC 3339).
+    pub last_failed_at: String,
+}
+
+/// The state as the planner sees it: every provisioned user and every failing one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Provisioned users by IdP id.
+    pub users: BTreeMap<IdpId, UserRecord>,
+    /// Users whose last writes failed, by IdP id.
+    pub failures: BTreeMap<IdpId, FailureRecord>,
+}
+
+impl Snapshot {
+    /// How many accounts the state holds as active.
+    pub fn active_count(&self) -> usize {
+        self.users
+            .values()
+            .filter(|record| record.status == AccountStatus::Active)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn user_name_compares_case_insensitively() {
+        assert!(same_value(
+            attr::USER_NAME,
+            &json!("Ana.Li@Example.com"),
+            &json!("ana.li@example.com")
+        ));
+        assert!(!same_value(
+            "title",
+            &json!("Recruiter"),
+            &json!("recruiter")
+        ));
+    }
+
+    #[test]
+    fn arrays_compare_as_sets() {
+        assert!(same_value(
+            "learningPaths",
+            &json!(["B", "A"]),
+            &json!(["A", "B"])
+        ));
+        assert!(!same_value(
+            "learningPaths",
+            &json!(["A"]),
+            &json!(["A", "B"])
+        ));
+    }
+}

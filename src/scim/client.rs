@@ -1,0 +1,455 @@
+//! The HTTP client for SocialTalent's SCIM API. Every request passes one [`Limiter`] (a retry
+//! takes a new permit), 429/503 wait for `Retry-After`, 5xx and transport errors back off with
+//! jitter, and other 4xx fail at once with the SCIM error's `detail`. TLS is always verified.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use super::wire::{self, TargetUser};
+use crate::config::{Secret, TargetConfig};
+use crate::net::limiter::Limiter;
+use crate::net::retry::{self, Attempt, Backoff, Verdict};
+
+/// The SCIM media type.
+const SCIM_JSON: &str = "application/scim+json";
+
+/// What went wrong with a SCIM request, named by what the caller does next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ScimError {
+    /// 401/403: the token is wrong or lacks rights; nothing will work until it is fixed.
+    #[error("SocialTalent refused the credentials ({status}): {detail}; check target.token")]
+    Unauthorized {
+        /// The HTTP status.
+        status: u16,
+        /// The server's explanation.
+        detail: String,
+    },
+    /// 404: the resource does not exist.
+    #[error("not found in SocialTalent: {detail}")]
+    NotFound {
+        /// The server's explanation.
+        detail: String,
+    },
+    /// 409: a uniqueness conflict (the account exists already).
+    #[error("SocialTalent reports a conflict (409): {detail}")]
+    Conflict {
+        /// The server's explanation.
+        detail: String,
+    },
+    /// Another 4xx: the request was refused; retrying will not help.
+    #[error("SocialTalent refused the request ({status}): {detail}")]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The SCIM error's `detail` (and `scimType`), or the body's start.
+        detail: String,
+    },
+    /// 429/5xx that outlasted the retries.
+    #[error("SocialTalent is unavailable ({status}) after {attempts} attempts: {detail}")]
+    Unavailable {
+        /// The last HTTP status.
+        status: u16,
+        /// Attempts made.
+        attempts: u32,
+        /// The last explanation.
+        detail: String,
+    },
+    /// Connection, TLS or timeout errors that outlasted the retries.
+    #[error("cannot reach SocialTalent at {url}: {message}")]
+    Transport {
+        /// The URL (without credentials).
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// A 2xx answer that cannot be understood.
+    #[error("SocialTalent sent an answer that cannot be read ({context}): {message}")]
+    InvalidResponse {
+        /// Which request.
+        context: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Counters shared by the client's clones, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Requests sent (retries included).
+    pub requests: AtomicU64,
+    /// Retries.
+    pub retries: AtomicU64,
+}
+
+/// One page of `GET /Users`.
+#[derive(Debug, Clone)]
+pub struct UserPage {
+    /// The users on the page.
+    pub users: Vec<TargetUser>,
+    /// `totalResults`.
+    pub total_results: usize,
+}
+
+/// The SCIM client. Cheap to clone; clones share the limiter and the connection pool.
+#[derive(Debug, Clone)]
+pub struct ScimClient {
+    http: reqwest::Client,
+    base_url: String,
+    token: Arc<Secret>,
+    limiter: Limiter,
+    backoff: Backoff,
+    extension_schema: String,
+    stats: Arc<ClientStats>,
+}
+
+impl ScimClient {
+    /// Builds a client for `target` with its bearer token and the shared limiter.
+    ///
+    /// # Errors
+    /// [`ScimError::Transport`] when the TLS stack cannot be initialised.
+    pub fn new(
+        target: &TargetConfig,
+        token: Secret,
+        limiter: Limiter,
+    ) -> Result<ScimClient, ScimError> {
+        let http = reqwest::Client::builder()
+            .timeout(target.timeout)
+            .connect_timeout(target.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("socialtalent-sync/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(target.max_in_flight)
+            .build()
+            .map_err(|error| ScimError::Transport {
+                url: target.base_url.to_string(),
+                message: error.to_string(),
+            })?;
+        Ok(ScimClient {
+            http,
+            base_url: target.base_url.as_str().trim_end_matches('/').to_owned(),
+            token: Arc::new(token),
+            limiter,
+            backoff: Backoff::new(
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+                target.max_retries,
+            ),
+            extension_schema: target.extension_schema.clone(),
+            stats: Arc::new(ClientStats::default()),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// The limiter every request passes.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// The extension schema documents are built with.
+    pub fn extension_schema(&self) -> &str {
+        &self.extension_schema
+    }
+
+    /// `POST /Users`.
+    ///
+    /// # Errors
+    /// [`ScimError::Conflict`] on 409 (the account exists), or any other [`ScimError`].
+    pub async fn create(&self, document: &Value) -> Result<TargetUser, ScimError> {
+        let body = self
+            .send(Method::POST, "/Users", &[], Some(document))
+            .await?;
+        self.parse_user_body(&body, "POST /Users")
+    }
+
+    /// `PUT /Users/{id}` with the full document.
+    ///
+    /// # Errors
+    /// [`ScimError::NotFound`] when the account is gone, or any other [`ScimError`].
+    pub async fn replace(&self, id: &str, document: &Value) -> Result<(), ScimError> {
+        self.send(Method::PUT, &user_path(id), &[], Some(document))
+            .await
+            .map(drop)
+    }
+
+    /// `PATCH /Users/{id}`; a 200 with a body and a 204 without are both success.
+    ///
+    /// # Errors
+    /// [`ScimError::NotFound`] when the account is gone, or any other [`ScimError`].
+    pub async fn patch(&self, id: &str, body: &Value) -> Result<(), ScimError> {
+        self.send(Method::PATCH, &user_path(id), &[], Some(body))
+            .await
+            .map(drop)
+    }
+
+    /// `DELETE /Users/{id}`.
+    ///
+    /// # Errors
+    /// [`ScimError::NotFound`] when the account is gone, or any other [`ScimError`].
+    pub async fn delete(&self, id: &str) -> Result<(), ScimError> {
+        self.send(Method::DELETE, &user_path(id), &[], None)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /Users?filter=userName eq "…"`: the account with that `userName` (any case).
+    ///
+    /// # Errors
+    /// Any [`ScimError`].
+    pub async fn find_by_user_name(
+        &self,
+        user_name: &str,
+    ) -> Result<Option<TargetUser>, ScimError> {
+        let filter = format!(
+            "userName eq \"{}\"",
+            user_name.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        let body = self
+            .send(Method::GET, "/Users", &[("filter", filter.as_str())], None)
+            .await?;
+        let page = self.parse_list(&body, "GET /Users?filter=userName")?;
+        let wanted = crate::model::fold_user_name(user_name);
+        Ok(page
+            .users
+            .into_iter()
+            .find(|user| crate::model::fold_user_name(&user.user_name) == wanted))
+    }
+
+    /// One page of `GET /Users` (`startIndex` is 1-based).
+    ///
+    /// # Errors
+    /// Any [`ScimError`].
+    pub async fn list_users(
+        &self,
+        start_index: usize,
+        count: usize,
+    ) -> Result<UserPage, ScimError> {
+        let start = start_index.to_string();
+        let count = count.to_string();
+        let body = self
+            .send(
+                Method::GET,
+                "/Users",
+                &[("startIndex", start.as_str()), ("count", count.as_str())],
+                None,
+            )
+            .await?;
+        self.parse_list(&body, "GET /Users")
+    }
+
+    /// `GET {path}` as JSON, or `None` on 404 (for `/ServiceProviderConfig` and `/Schemas`).
+    ///
+    /// # Errors
+    /// Any [`ScimError`] but 404.
+    pub async fn get_optional(&self, path: &str) -> Result<Option<Value>, ScimError> {
+        match self.send(Method::GET, path, &[], None).await {
+            Ok(body) => serde_json::from_slice(&body).map(Some).map_err(|error| {
+                ScimError::InvalidResponse {
+                    context: format!("GET {path}"),
+                    message: error.to_string(),
+                }
+            }),
+            Err(ScimError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn parse_user_body(&self, body: &[u8], context: &str) -> Result<TargetUser, ScimError> {
+        let invalid = |message: String| ScimError::InvalidResponse {
+            context: context.to_owned(),
+            message,
+        };
+        let value: Value =
+            serde_json::from_slice(body).map_err(|error| invalid(error.to_string()))?;
+        wire::parse_user(&value, &self.extension_schema).map_err(invalid)
+    }
+
+    fn parse_list(&self, body: &[u8], context: &str) -> Result<UserPage, ScimError> {
+        let invalid = |message: String| ScimError::InvalidResponse {
+            context: context.to_owned(),
+            message,
+        };
+        let value: Value =
+            serde_json::from_slice(body).map_err(|error| invalid(error.to_string()))?;
+        let total_results = value
+            .get("totalResults")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| invalid("the list response has no totalResults".into()))?;
+        let resources = match value.get("Resources") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items.clone(),
+            Some(_) => return Err(invalid("Resources is not an array".into())),
+        };
+        let users = resources
+            .iter()
+            .map(|item| wire::parse_user(item, &self.extension_schema).map_err(invalid))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(UserPage {
+            users,
+            total_results: usize::try_from(total_results).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// Sends one request through the limiter with retries; returns the body of a 2xx answer.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Vec<u8>, ScimError> {
+        let url = format!("{}{}", self.base_url, path);
+        let encoded = body.map(|value| value.to_string());
+        let mut attempts = 0u32;
+        let outcome = retry::retry(
+            &self.backoff,
+            || {
+                attempts += 1;
+                self.attempt(&method, &url, query, encoded.as_deref(), attempts)
+            },
+            |retry_no, delay, error: &ScimError| {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    message = "Retrying SCIM request.",
+                    method = %method,
+                    path,
+                    retry = retry_no,
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    %error
+                );
+            },
+        )
+        .await;
+        outcome.map_err(|error| match error {
+            ScimError::Unavailable { status, detail, .. } => ScimError::Unavailable {
+                status,
+                attempts,
+                detail,
+            },
+            other => other,
+        })
+    }
+
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &str,
+        query: &[(&str, &str)],
+        body: Option<&str>,
+        attempt: u32,
+    ) -> Result<Vec<u8>, Attempt<ScimError>> {
+        let _permit = self.limiter.acquire().await;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let mut request = self
+            .http
+            .request(method.clone(), url)
+            .header(AUTHORIZATION, self.authorization())
+            .header(ACCEPT, "application/scim+json, application/json");
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, SCIM_JSON)
+                .body(body.to_owned());
+        }
+        let transport = |error: reqwest::Error| Attempt::Retry {
+            error: ScimError::Transport {
+                url: url.to_owned(),
+                message: describe_transport(&error),
+            },
+            after: None,
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let verdict = classify_status(status, response.headers());
+        let bytes = response.bytes().await.map_err(transport)?.to_vec();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let detail = wire::error_detail(&bytes).unwrap_or_else(|| body_excerpt(&bytes, status));
+        let error = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ScimError::Unauthorized {
+                status: status.as_u16(),
+                detail,
+            },
+            StatusCode::NOT_FOUND => ScimError::NotFound { detail },
+            StatusCode::CONFLICT => ScimError::Conflict { detail },
+            _ if matches!(verdict, Verdict::RetryAfter(_)) => ScimError::Unavailable {
+                status: status.as_u16(),
+                attempts: attempt,
+                detail,
+            },
+            _ if status.is_server_error() => ScimError::Unavailable {
+                status: status.as_u16(),
+                attempts: attempt,
+                detail,
+            },
+            _ => ScimError::Rejected {
+                status: status.as_u16(),
+                detail,
+            },
+        };
+        Err(Attempt::from_verdict(verdict, error))
+    }
+
+    fn authorization(&self) -> HeaderValue {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.token.expose()))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token-characters"));
+        value.set_sensitive(true);
+        value
+    }
+}
+
+fn classify_status(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Verdict {
+    retry::classify_status(status, headers, SystemTime::now())
+}
+
+fn user_path(id: &str) -> String {
+    format!("/Users/{}", urlencode_segment(id))
+}
+
+fn urlencode_segment(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+fn describe_transport(error: &reqwest::Error) -> String {
+    let mut message = if error.is_timeout() {
+        "timed out".to_owned()
+    } else if error.is_connect() {
+        "connection failed".to_owned()
+    } else if error.is_body() || error.is_decode() {
+        "the response body was cut off".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn body_excerpt(body: &[u8], status: StatusCode) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("no explanation given")
+            .to_owned()
+    } else {
+        let excerpt: String = text.chars().take(200).collect();
+        format!("no SCIM error detail; body starts {excerpt:?}")
+    }
+}

@@ -1,0 +1,371 @@
+//! The embedded state (sled): per IdP user what SocialTalent last confirmed, consecutive
+//! failures, run history, cursors and a format version. One process at a time: sled locks the
+//! database, and a second opener gets [`StateError::Locked`] naming the directory and, when known,
+//! the process that holds it. A record is written only after SocialTalent confirmed the write.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{FailureRecord, IdpId, Snapshot, UserRecord};
+use crate::plan::Summary;
+
+/// The on-disk format this build writes and understands.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How many runs the history keeps.
+const RUNS_KEPT: usize = 200;
+
+const USERS: &str = "users";
+const FAILURES: &str = "failures";
+const RUNS: &str = "runs";
+const META: &str = "meta";
+const OWNER_FILE: &str = "owner";
+
+/// A state problem; every variant names the directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Another process holds the state.
+    #[error("the state directory {} is in use by another socialtalent-sync process{}; stop it (or use `status`, which asks the running daemon) and try again", path.display(), owner.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
+    Locked {
+        /// The state directory.
+        path: PathBuf,
+        /// What the owner file says about the holder.
+        owner: Option<String>,
+    },
+    /// The state was written by a newer version.
+    #[error("the state in {} has format version {found}; this build understands up to {FORMAT_VERSION}: upgrade socialtalent-sync", path.display())]
+    NewerFormat {
+        /// The state directory.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+    /// The database could not be opened, read or written.
+    #[error("the state in {} cannot be used: {message}", path.display())]
+    Storage {
+        /// The state directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// One run, as the history keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// When the run started (RFC 3339).
+    pub started_at: String,
+    /// When it ended (RFC 3339).
+    pub finished_at: String,
+    /// Whether it was a full run.
+    pub full: bool,
+    /// The source kind.
+    pub source: String,
+    /// Records read from the source.
+    pub users_read: usize,
+    /// The counts.
+    pub summary: Summary,
+    /// `ok`, `held`, or `failed`.
+    pub outcome: String,
+    /// Why the run failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Deactivations held by the safety limits.
+    #[serde(default)]
+    pub held: Vec<HeldEntry>,
+}
+
+/// A held deactivation, for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldEntry {
+    /// The IdP user.
+    pub idp_id: IdpId,
+    /// The SocialTalent userName.
+    #[serde(rename = "userName")]
+    pub user_name: String,
+    /// Why it was held.
+    pub reason: String,
+}
+
+/// The open state database.
+#[derive(Debug, Clone)]
+pub struct State {
+    path: PathBuf,
+    db: sled::Db,
+    users: sled::Tree,
+    failures: sled::Tree,
+    runs: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl State {
+    /// Opens (or creates) the state directory, taking the single-process lock.
+    ///
+    /// # Errors
+    /// [`StateError`]: held by another process, newer format, or unusable.
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        let storage = |message: String| StateError::Storage {
+            path: path.to_owned(),
+            message,
+        };
+        std::fs::create_dir_all(path).map_err(|error| storage(error.to_string()))?;
+        let db = sled::Config::new()
+            .path(path.join("db"))
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|error| open_error(path, error))?;
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|error| storage(error.to_string()))
+        };
+        let state = State {
+            path: path.to_owned(),
+            users: tree(USERS)?,
+            failures: tree(FAILURES)?,
+            runs: tree(RUNS)?,
+            meta: tree(META)?,
+            db,
+        };
+        match state.meta_u32("format_version")? {
+            Some(found) if found > FORMAT_VERSION => {
+                return Err(StateError::NewerFormat {
+                    path: path.to_owned(),
+                    found,
+                });
+            }
+            Some(_) => {}
+            None => state.set_meta("format_version", &FORMAT_VERSION.to_string())?,
+        }
+        let owner = format!(
+            "pid {}, started {}",
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        // The owner file only improves the "in use" message; failing to write it is harmless.
+        let _ = std::fs::write(path.join(OWNER_FILE), owner);
+        Ok(state)
+    }
+
+    /// The state directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads every user record and failure record.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`] when a record cannot be read or decoded.
+    pub fn snapshot(&self) -> Result<Snapshot, StateError> {
+        let mut snapshot = Snapshot::default();
+        for item in self.users.iter() {
+            let (key, value) = item.map_err(|error| self.storage(error))?;
+            let record: UserRecord = self.decode(&key, &value)?;
+            snapshot.users.insert(id_of(&key), record);
+        }
+        for item in self.failures.iter() {
+            let (key, value) = item.map_err(|error| self.storage(error))?;
+            let record: FailureRecord = self.decode(&key, &value)?;
+            snapshot.failures.insert(id_of(&key), record);
+        }
+        Ok(snapshot)
+    }
+
+    /// One user's record.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn user(&self, idp_id: &IdpId) -> Result<Option<UserRecord>, StateError> {
+        match self
+            .users
+            .get(idp_id.0.as_bytes())
+            .map_err(|e| self.storage(e))?
+        {
+            Some(value) => Ok(Some(self.decode(idp_id.0.as_bytes(), &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a write SocialTalent confirmed, and clears the user's failure count.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn record_success(&self, idp_id: &IdpId, record: &UserRecord) -> Result<(), StateError> {
+        let value = serde_json::to_vec(record).map_err(|e| self.storage(e))?;
+        self.users
+            .insert(idp_id.0.as_bytes(), value)
+            .map_err(|e| self.storage(e))?;
+        self.failures
+            .remove(idp_id.0.as_bytes())
+            .map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    /// Counts one more failed run for a user; returns the new consecutive count.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn record_failure(
+        &self,
+        idp_id: &IdpId,
+        label: &str,
+        error: &str,
+    ) -> Result<u32, StateError> {
+        let previous: Option<FailureRecord> = match self
+            .failures
+            .get(idp_id.0.as_bytes())
+            .map_err(|e| self.storage(e))?
+        {
+            Some(value) => Some(self.decode(idp_id.0.as_bytes(), &value)?),
+            None => None,
+        };
+        let record = FailureRecord {
+            consecutive: previous.map_or(0, |p| p.consecutive).saturating_add(1),
+            last_error: error.to_owned(),
+            label: label.to_owned(),
+            last_failed_at: now_rfc3339(),
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| self.storage(e))?;
+        self.failures
+            .insert(idp_id.0.as_bytes(), value)
+            .map_err(|e| self.storage(e))?;
+        Ok(record.consecutive)
+    }
+
+    /// Appends a run to the history, keeping the last [`RUNS_KEPT`].
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn record_run(&self, run: &RunRecord) -> Result<(), StateError> {
+        let id = self.db.generate_id().map_err(|e| self.storage(e))?;
+        let value = serde_json::to_vec(run).map_err(|e| self.storage(e))?;
+        self.runs
+            .insert(id.to_be_bytes(), value)
+            .map_err(|e| self.storage(e))?;
+        while self.runs.len() > RUNS_KEPT {
+            if self.runs.pop_min().map_err(|e| self.storage(e))?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The most recent runs, newest first.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        let mut runs = Vec::new();
+        for item in self.runs.iter().rev().take(limit) {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            runs.push(self.decode(&key, &value)?);
+        }
+        Ok(runs)
+    }
+
+    /// A metadata value (cursors, watermarks).
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        Ok(self
+            .meta
+            .get(key)
+            .map_err(|e| self.storage(e))?
+            .map(|value| String::from_utf8_lossy(&value).into_owned()))
+    }
+
+    /// Sets a metadata value.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.meta
+            .insert(key, value.as_bytes())
+            .map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    /// Writes everything to disk.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.db.flush().map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    /// The state's size on disk, in bytes.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn size_on_disk(&self) -> Result<u64, StateError> {
+        self.db.size_on_disk().map_err(|e| self.storage(e))
+    }
+
+    fn meta_u32(&self, key: &str) -> Result<Option<u32>, StateError> {
+        match self.meta(key)? {
+            None => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| StateError::Storage {
+                path: self.path.clone(),
+                message: format!("meta key {key} holds {text:?}, not a number"),
+            }),
+        }
+    }
+
+    fn storage(&self, error: impl std::fmt::Display) -> StateError {
+        StateError::Storage {
+            path: self.path.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<T, StateError> {
+        serde_json::from_slice(value).map_err(|error| StateError::Storage {
+            path: self.path.clone(),
+            message: format!(
+                "record {} cannot be decoded: {error}",
+                String::from_utf8_lossy(key)
+            ),
+        })
+    }
+}
+
+fn id_of(key: &[u8]) -> IdpId {
+    IdpId(String::from_utf8_lossy(key).into_owned())
+}
+
+fn open_error(path: &Path, error: sled::Error) -> StateError {
+    let text = error.to_string();
+    let locked = match &error {
+        sled::Error::Io(io) => io.kind() == std::io::ErrorKind::WouldBlock || text.contains("lock"),
+        _ => false,
+    };
+    if locked {
+        let owner = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .map(|text| text.trim().to_owned())
+            .filter(|text| !text.is_empty());
+        StateError::Locked {
+            path: path.to_owned(),
+            owner,
+        }
+    } else {
+        StateError::Storage {
+            path: path.to_owned(),
+            message: text,
+        }
+    }
+}
+
+/// The current time as RFC 3339 (seconds, UTC).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! One reconciliation, shared by `sync` and the daemon: read the source, map, plan against the
+//! state, and (unless dry-run) execute and record. [`run_once`] builds the whole plan before
+//! anything is sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, SecretError};
+use crate::executor::{self, ActionResult, WriteSettings};
+use crate::mapping::MappedUser;
+use crate::model::{IdpId, Snapshot, SourceRead};
+use crate::net::limiter::Limiter;
+use crate::plan::{self, Op, Plan};
+use crate::scim::client::ScimClient;
+use crate::source::{self, SourceError};
+use crate::state::{HeldEntry, RunRecord, State, StateError, now_rfc3339};
+
+/// Plan only, or plan and apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Print the plan; write nothing anywhere.
+    DryRun,
+    /// Carry the plan out.
+    Apply,
+}
+
+/// How one run behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Dry run or apply.
+    pub mode: Mode,
+    /// Force a full read.
+    pub full: bool,
+    /// Release deactivations held by the safety limits.
+    pub allow_deactivations: bool,
+}
+
+/// Why a run could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The source could not be read; nothing was written.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The state could not be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A secret the run needs is missing.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The SCIM client could not be built.
+    #[error(transparent)]
+    Client(#[from] crate::scim::client::ScimError),
+}
+
+/// Everything a run produced, for the report.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Dry run or applied.
+    pub mode: Mode,
+    /// The source read.
+    pub read: SourceRead,
+    /// The plan.
+    pub plan: Plan,
+    /// Per-action results (applied runs only), in plan order.
+    pub results: Option<Vec<ActionResult>>,
+    /// The extension schema payloads are shown with.
+    pub extension_schema: String,
+}
+
+impl RunOutcome {
+    /// How many actions failed.
+    pub fn failed(&self) -> usize {
+        self.results
+            .iter()
+            .flatten()
+            .filter(|result| matches!(result, ActionResult::Failed { .. }))
+            .count()
+    }
+
+    /// How many deactivations were held.
+    pub fn held(&self) -> usize {
+        self.plan
+            .actions
+            .iter()
+            .filter(|action| action.op == Op::Held)
+            .count()
+    }
+
+    /// The process exit code SPEC §3 gives this outcome: 1 when a write failed, 3 when
+    /// deactivations were held, else 0 (skips alone leave it 0).
+    pub fn exit_code(&self) -> u8 {
+        if self.failed() > 0 {
+            1
+        } else if self.held() > 0 {
+            3
+        } else {
+            0
+        }
+    }
+}
+
+/// The inputs of a plan, for `--dump` fixtures and `preview`.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The source read.
+    pub read: SourceRead,
+    /// The mapping's decisions.
+    pub mapped: Vec<MappedUser>,
+    /// The state snapshot.
+    pub snapshot: Snapshot,
+    /// The plan.
+    pub plan: Plan,
+}
+
+/// Reads, maps and plans, touching nothing.
+///
+/// # Errors
+/// [`SyncError`] when the source or the state cannot be read.
+pub async fn plan_run(
+    config: &Config,
+    state: Option<&State>,
+    options: Options,
+) -> Result<Planned, SyncError> {
+    let read = source::read(&config.source).await?;
+    let snapshot = match state {
+        Some(state) => state.snapshot()?,
+        None => Snapshot::default(),
+    };
+    let mapper = Arc::clone(&config.mapping);
+    let users = read.users.clone();
+    let mapped = tokio::task::spawn_blocking(move || mapper.map_all(&users))
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+    let plan = plan::build(&plan::Inputs {
+        read: &read,
+        mapped: &mapped,
+        state: &snapshot,
+        safety: &config.safety,
+        allow_deactivations: options.allow_deactivations,
+    });
+    Ok(Planned {
+        read,
+        mapped,
+        snapshot,
+        plan,
+    })
+}
+
+/// Builds the SCIM client for the configured target (reads the token now).
+///
+/// # Errors
+/// [`SyncError::Secret`] when the token is missing, or [`SyncError::Client`].
+pub fn scim_client(config: &Config) -> Result<ScimClient, SyncError> {
+    let token = config.target.token.resolve()?;
+    let target = &config.target;
+    let limiter = Limiter::new(
+        target.requests_per_second,
+        target.burst,
+        target.max_in_flight,
+    );
+    Ok(ScimClient::new(target, token, limiter)?)
+}
+
+/// One reconciliation: plan, then (in [`Mode::Apply`]) execute and record the run.
+///
+/// # Errors
+/// [`SyncError`] when the run cannot start or the source cannot be read; per-user failures
+/// are results, not errors.
+pub async fn run_once(
+    config: &Config,
+    state: Option<&State>,
+    options: Options,
+    on_progress: &(dyn Fn(Progress) + Sync),
+) -> Result<RunOutcome, SyncError> {
+    let started_at = now_rfc3339();
+    let planned = match plan_run(config, state, options).await {
+        Ok(planned) => planned,
+        Err(error) => {
+            if let (Mode::Apply, Some(state)) = (options.mode, state) {
+                record_failed_run(state, config, &started_at, &error);
+            }
+            return Err(error);
+        }
+    };
+    on_progress(Progress::Planned {
+        users_read: planned.read.records_read(),
+        writes: planned
+            .plan
+            .actions
+            .iter()
+            .filter(|a| a.op.writes_target())
+            .count(),
+    });
+    let Planned {
+        read,
+        snapshot,
+        plan,
+        ..
+    } = planned;
+    let extension_schema = config.target.extension_schema.clone();
+    let (Mode::Apply, Some(state)) = (options.mode, state) else {
+        return Ok(RunOutcome {
+            mode: Mode::DryRun,
+            read,
+            plan,
+            results: None,
+            extension_schema,
+        });
+    };
+    let results = if plan.is_noop() {
+        vec![ActionResult::NotSent; plan.actions.len()]
+    } else {
+        let client = scim_client(config)?;
+        let known: HashMap<String, IdpId> = snapshot
+            .users
+            .iter()
+            .map(|(idp_id, record)| (record.scim_id.clone(), idp_id.clone()))
+            .collect();
+        let settings = WriteSettings {
+            update_with: config.target.update_with,
+            deactivate_with: config.target.deactivate_with,
+            max_in_flight: config.target.max_in_flight,
+            quarantine_after: config.safety.failure_quarantine_after,
+        };
+        executor::execute(&client, state, settings, &plan, &known, &|| {
+            on_progress(Progress::ActionDone);
+        })
+        .await
+    };
+    let outcome = RunOutcome {
+        mode: Mode::Apply,
+        read,
+        plan,
+        results: Some(results),
+        extension_schema,
+    };
+    record_run(state, &outcome, &started_at)?;
+    Ok(outcome)
+}
+
+/// Progress events for a terminal display.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// The plan is built.
+    Planned {
+        /// Records read.
+        users_read: usize,
+        /// Writes to send.
+        writes: usize,
+    },
+    /// One write finished.
+    ActionDone,
+}
+
+fn record_run(state: &State, outcome: &RunOutcome, started_at: &str) -> Result<(), StateError> {
+    let mut summary = outcome.plan.summary();
+    summary.failed = outcome.failed();
+    let outcome_word = match outcome.exit_code() {
+        0 => "ok",
+        3 => "held",
+        _ => "failed",
+    };
+    let held = outcome
+        .plan
+        .actions
+        .iter()
+        .filter(|action| action.op == Op::Held)
+        .map(|action| HeldEntry {
+            idp_id: action.idp_id.clone(),
+            user_name: action.user_name.clone(),
+            reason: action.reason.clone().unwrap_or_default(),
+        })
+        .collect();
+    state.record_run(&RunRecord {
+        started_at: started_at.to_owned(),
+        finished_at: now_rfc3339(),
+        full: outcome.read.full,
+        source: outcome.read.kind.to_string(),
+        users_read: outcome.read.records_read(),
+        summary,
+        outcome: outcome_word.to_owned(),
+        error: (summary.failed > 0).then(|| format!("{} writes failed", summary.failed)),
+        held,
+    })?;
+    state.flush()
+}
+
+fn record_failed_run(state: &State, config: &Config, started_at: &str, error: &SyncError) {
+    let run = RunRecord {
+        started_at: started_at.to_owned(),
+        finished_at: now_rfc3339(),
+        full: true,
+        source: config.source.kind().to_string(),
+        users_read: 0,
+        summary: plan::Summary::default(),
+        outcome: "failed".into(),
+        error: Some(error.to_string()),
+        held: Vec::new(),
+    };
+    if let Err(state_error) = state.record_run(&run).and_then(|()| state.flush()) {
+        tracing::error!(message = "Cannot record the failed run.", error = %state_error);
+    }
+}
