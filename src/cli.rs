@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, SourceConfig};
 use crate::mapping::Decision;
-use crate::plan::Op;
 use crate::scim::wire;
 use crate::state::State;
 use crate::sync::{self, Mode, Options, Progress, SyncError};
