@@ -3,7 +3,7 @@
 //! confirmed write in the state at once, and goes on past per-user failures.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use serde_json::Value;
@@ -69,6 +69,9 @@ pub async fn execute(
     waves.sort_unstable();
     waves.dedup();
     let known = Arc::new(known_scim_ids);
+    // A failure that is not about one user (bad credentials, target down) stops the run: the
+    // remaining actions are not sent, and nobody's failure count goes up for it.
+    let stopped: Mutex<Option<String>> = Mutex::new(None);
     for wave in waves {
         let work: Vec<(usize, &Action)> = plan
             .actions
@@ -79,7 +82,11 @@ pub async fn execute(
         let mut stream = futures::stream::iter(work)
             .map(|(index, action)| {
                 let known = Arc::clone(&known);
+                let stopped = &stopped;
                 async move {
+                    if let Some(reason) = lock(stopped).clone() {
+                        return (index, Err(ActionError::NotSent(reason)));
+                    }
                     let result = carry_out(client, state, settings, action, &known).await;
                     (index, result)
                 }
@@ -90,9 +97,20 @@ pub async fn execute(
             let result = match result {
                 Ok((note, scim_id)) => ActionResult::Ok { note, scim_id },
                 Err(error) => {
-                    let error = error.to_string();
-                    note_failure(state, settings, action, &error);
-                    ActionResult::Failed { error }
+                    let message = error.to_string();
+                    if error.is_systemic() {
+                        let mut stopped = lock(&stopped);
+                        if stopped.is_none() {
+                            tracing::error!(
+                                message = "Stopping the run: SocialTalent cannot be used.",
+                                error = %message
+                            );
+                            *stopped = Some(message.clone());
+                        }
+                    } else if !matches!(error, ActionError::NotSent(_)) {
+                        note_failure(state, settings, action, &message);
+                    }
+                    ActionResult::Failed { error: message }
                 }
             };
             results[index] = result;
@@ -111,6 +129,30 @@ enum ActionError {
     State(#[from] StateError),
     #[error("{0}")]
     Refused(String),
+    #[error("not sent: the run stopped after an earlier error ({0})")]
+    NotSent(String),
+}
+
+impl ActionError {
+    /// Whether the error is about SocialTalent as a whole rather than this user.
+    fn is_systemic(&self) -> bool {
+        matches!(
+            self,
+            ActionError::Scim(
+                ScimError::Unauthorized { .. }
+                    | ScimError::Transport { .. }
+                    | ScimError::Unavailable { .. }
+            ) | ActionError::State(_)
+        )
+    }
+}
+
+/// Locks the stop flag. The critical sections only read or set an `Option<String>` and never
+/// await, so a std mutex is right; a poisoned lock still holds a usable value.
+fn lock(stopped: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
+    stopped
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type Done = (Option<String>, Option<String>);

@@ -24,6 +24,8 @@
     clippy::unimplemented,
     clippy::await_holding_lock
 )]
+// Tests state their expectations with panics; the rule is for the program.
+#![cfg_attr(test, allow(clippy::panic, clippy::unwrap_used))]
 
 pub mod cli;
 pub mod config;

@@ -224,7 +224,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                         user,
                         record,
                         format!(
-                            "userName {} is also mapped for IdP user {other}; fix the source or the mapping",
+                            "userName {} is also claimed by IdP user {other}; fix the source or the mapping",
                             user_name_of(attributes).unwrap_or_default()
                         ),
                     ));
@@ -282,6 +282,26 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                 }
             }
         }
+    }
+
+    // Records the source could not read are skipped and reported; they protect their users from
+    // being taken for leavers below.
+    for rejected in &read.rejected {
+        let record = rejected.idp_id.as_ref().and_then(|id| state.users.get(id));
+        plan.actions.push(Action {
+            op: Op::Skip,
+            idp_id: rejected
+                .idp_id
+                .clone()
+                .unwrap_or_else(|| IdpId(String::new())),
+            user_name: record.map_or_else(|| rejected.location.clone(), |r| r.user_name.clone()),
+            scim_id: record.map(|r| r.scim_id.clone()),
+            attributes: None,
+            changes: Vec::new(),
+            reason: None,
+            error: Some(format!("{}: {}", rejected.location, rejected.error)),
+            wave: 0,
+        });
     }
 
     // Leavers that the read reports by absence (full reads) or by removal (incremental reads).
@@ -400,50 +420,45 @@ fn deactivation(idp_id: &IdpId, record: &crate::model::UserRecord, reason: &str)
     }
 }
 
-/// Users whose mapped `userName` collides with another IdP user's: the one who already holds
-/// the name in the state keeps it, and the others are skipped; when nobody holds it, all are
-/// skipped (never guessed: a 409 would otherwise merge two people into one account).
+/// Users whose mapped `userName` collides with another IdP user's: the one whose account
+/// already holds the name (active or deactivated: SocialTalent keeps deactivated accounts) keeps
+/// it, and the others are skipped; when nobody holds it, all are skipped (never guessed: a 409
+/// would otherwise merge two people into one account). Returns each loser and who it clashes with.
 fn user_name_conflicts(mapped: &[MappedUser], state: &Snapshot) -> HashMap<IdpId, IdpId> {
-    let mut by_name: HashMap<String, Vec<&IdpId>> = HashMap::new();
+    let mut claims: HashMap<String, BTreeSet<&IdpId>> = HashMap::new();
+    let mut provisioned: BTreeSet<&IdpId> = BTreeSet::new();
     for user in mapped {
         if let Decision::Provision(attributes) = &user.decision
             && let Some(name) = user_name_of(attributes)
         {
-            by_name
+            provisioned.insert(&user.idp_id);
+            claims
                 .entry(fold_user_name(name))
                 .or_default()
-                .push(&user.idp_id);
+                .insert(&user.idp_id);
         }
     }
-    let mapped_ids: BTreeSet<&IdpId> = mapped.iter().map(|u| &u.idp_id).collect();
+    let mut holders: HashMap<String, &IdpId> = HashMap::new();
     for (idp_id, record) in &state.users {
-        if record.status == AccountStatus::Active && !mapped_ids.contains(idp_id) {
-            by_name
-                .entry(fold_user_name(&record.user_name))
-                .or_default()
-                .push(idp_id);
+        let name = fold_user_name(&record.user_name);
+        if !provisioned.contains(idp_id) {
+            claims.entry(name.clone()).or_default().insert(idp_id);
         }
+        holders.entry(name).or_insert(idp_id);
     }
     let mut conflicts = HashMap::new();
-    for (name, ids) in by_name {
+    for (name, ids) in claims {
         if ids.len() < 2 {
             continue;
         }
-        let holder = ids.iter().copied().find(|id| {
-            state
-                .users
-                .get(*id)
-                .is_some_and(|record| fold_user_name(&record.user_name) == name)
-        });
+        let holder = holders.get(&name).copied().filter(|h| ids.contains(h));
         for id in &ids {
-            if Some(*id) == holder {
+            if Some(*id) == holder || !provisioned.contains(id) {
                 continue;
             }
-            let other = holder
-                .or_else(|| ids.iter().copied().find(|other| other != id))
-                .cloned();
+            let other = holder.or_else(|| ids.iter().copied().find(|other| other != id));
             if let Some(other) = other {
-                conflicts.insert((*id).clone(), other);
+                conflicts.insert((*id).clone(), other.clone());
             }
         }
     }

@@ -1,1 +1,560 @@
+use std::sync::Arc;
 
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::mapping::MappingError;
+use crate::model::{FailureRecord, ManagerRef, RejectedRecord, SourceKind, SourceUser, UserRecord};
+
+fn safety() -> SafetyConfig {
+    SafetyConfig {
+        max_deactivations: 2,
+        max_deactivation_percent: 0.0,
+        failure_quarantine_after: 3,
+    }
+}
+
+fn attrs(user_name: &str, team: &str) -> Attributes {
+    serde_json::from_value(json!({
+        "userName": user_name,
+        "externalId": "x",
+        "coreTeam": team,
+        "role": "user",
+        "learningPaths": ["A", "B"],
+    }))
+    .expect("attributes")
+}
+
+fn provisioned(id: &str, attributes: Attributes) -> MappedUser {
+    MappedUser {
+        idp_id: IdpId(id.into()),
+        label: id.into(),
+        manager: None,
+        decision: Decision::Provision(attributes),
+    }
+}
+
+fn decided(id: &str, decision: Decision) -> MappedUser {
+    MappedUser {
+        idp_id: IdpId(id.into()),
+        label: id.into(),
+        manager: None,
+        decision,
+    }
+}
+
+fn record(attributes: &Attributes, status: AccountStatus) -> UserRecord {
+    UserRecord {
+        scim_id: format!(
+            "scim-{}",
+            attributes["userName"].as_str().expect("userName")
+        ),
+        user_name: attributes["userName"]
+            .as_str()
+            .expect("userName")
+            .to_owned(),
+        pushed: attributes.clone(),
+        status,
+        updated_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+fn source_user(id: &str) -> Arc<SourceUser> {
+    Arc::new(SourceUser {
+        id: IdpId(id.into()),
+        login: None,
+        email: None,
+        given_name: None,
+        family_name: None,
+        display_name: None,
+        active: true,
+        status: None,
+        department: None,
+        title: None,
+        employee_id: None,
+        manager_id: None,
+        manager: None::<ManagerRef>,
+        groups: Vec::new(),
+        attrs: serde_json::Map::new(),
+    })
+}
+
+/// A full read holding exactly the mapped users (the planner only looks at ids and counts).
+fn full_read(mapped: &[MappedUser]) -> SourceRead {
+    SourceRead {
+        kind: SourceKind::File,
+        full: true,
+        users: mapped.iter().map(|m| source_user(&m.idp_id.0)).collect(),
+        removed: Vec::new(),
+        rejected: Vec::new(),
+        warnings: Vec::new(),
+    }
+}
+
+fn plan_of(read: &SourceRead, mapped: &[MappedUser], state: &Snapshot) -> Plan {
+    build(&Inputs {
+        read,
+        mapped,
+        state,
+        safety: &safety(),
+        allow_deactivations: false,
+    })
+}
+
+/// What the executor records when every action succeeds.
+fn apply(plan: &Plan, state: &mut Snapshot) {
+    for action in &plan.actions {
+        match action.op {
+            Op::Create | Op::Adopt | Op::Update | Op::Reactivate => {
+                let attributes = action.attributes.clone().expect("attributes");
+                let mut new = record(&attributes, AccountStatus::Active);
+                if let Some(scim_id) = &action.scim_id {
+                    new.scim_id = scim_id.clone();
+                }
+                state.users.insert(action.idp_id.clone(), new);
+            }
+            Op::Deactivate => {
+                if let Some(existing) = state.users.get_mut(&action.idp_id) {
+                    existing.status = AccountStatus::Deactivated;
+                }
+            }
+            Op::Held | Op::Skip | Op::Writeback => {}
+        }
+    }
+}
+
+fn ops(plan: &Plan) -> Vec<(Op, &str)> {
+    plan.actions
+        .iter()
+        .map(|action| (action.op, action.idp_id.0.as_str()))
+        .collect()
+}
+
+#[test]
+fn first_run_creates_and_skips_users_missing_mandatory_attributes() {
+    let mut no_team = attrs("c@x.com", "T");
+    no_team.remove("coreTeam");
+    let mapped = vec![
+        provisioned("a", attrs("a@x.com", "Sales")),
+        provisioned("c", no_team),
+        decided("d", Decision::Inactive),
+        decided("e", Decision::OutOfScope),
+        decided(
+            "f",
+            Decision::Failed(MappingError {
+                attribute: "role".into(),
+                reason: "bad".into(),
+            }),
+        ),
+    ];
+    let plan = plan_of(&full_read(&mapped), &mapped, &Snapshot::default());
+    assert_eq!(
+        ops(&plan),
+        vec![(Op::Create, "a"), (Op::Skip, "c"), (Op::Skip, "f")]
+    );
+    assert_eq!(
+        plan.actions[1].error.as_deref(),
+        Some("coreTeam is empty; it is mandatory on create")
+    );
+    assert_eq!(plan.actions[2].error.as_deref(), Some("role: bad"));
+    assert_eq!(plan.in_scope, 3);
+    assert_eq!(plan.summary().create, 1);
+    assert_eq!(plan.summary().skipped, 2);
+}
+
+#[test]
+fn a_sync_right_after_a_sync_plans_nothing() {
+    let mapped = vec![
+        provisioned("a", attrs("a@x.com", "Sales")),
+        provisioned("b", attrs("b@x.com", "Marketing")),
+    ];
+    let read = full_read(&mapped);
+    let mut state = Snapshot::default();
+    let first = plan_of(&read, &mapped, &state);
+    apply(&first, &mut state);
+    let second = plan_of(&read, &mapped, &state);
+    assert!(second.actions.is_empty(), "{:?}", second.actions);
+    assert_eq!(second.unchanged, 2);
+}
+
+#[test]
+fn updates_list_field_level_changes_and_ignore_order_and_user_name_case() {
+    let before = attrs("a@x.com", "Sales");
+    let mut state = Snapshot::default();
+    state
+        .users
+        .insert(IdpId("a".into()), record(&before, AccountStatus::Active));
+
+    let mut same = attrs("A@X.com", "Sales");
+    same.insert("learningPaths".into(), json!(["B", "A"]));
+    let mapped = vec![provisioned("a", same)];
+    assert!(
+        plan_of(&full_read(&mapped), &mapped, &state)
+            .actions
+            .is_empty()
+    );
+
+    let mut changed = attrs("a@x.com", "Marketing");
+    changed.remove("learningPaths");
+    let mapped = vec![provisioned("a", changed)];
+    let plan = plan_of(&full_read(&mapped), &mapped, &state);
+    assert_eq!(ops(&plan), vec![(Op::Update, "a")]);
+    assert_eq!(
+        plan.actions[0].changes,
+        vec![
+            Change {
+                attribute: "coreTeam".into(),
+                from: json!("Sales"),
+                to: json!("Marketing"),
+            },
+            Change {
+                attribute: "learningPaths".into(),
+                from: json!(["A", "B"]),
+                to: Value::Null,
+            },
+        ]
+    );
+    assert_eq!(plan.actions[0].scim_id.as_deref(), Some("scim-a@x.com"));
+}
+
+#[test]
+fn leavers_are_deactivated_with_a_reason() {
+    let mut state = Snapshot::default();
+    for id in ["a", "b", "c"] {
+        state.users.insert(
+            IdpId(id.into()),
+            record(&attrs(&format!("{id}@x.com"), "T"), AccountStatus::Active),
+        );
+    }
+    let mapped = vec![
+        decided("a", Decision::Inactive),
+        decided("b", Decision::OutOfScope),
+    ];
+    let plan = build(&Inputs {
+        read: &full_read(&mapped),
+        mapped: &mapped,
+        state: &state,
+        safety: &SafetyConfig {
+            max_deactivations: 3,
+            ..safety()
+        },
+        allow_deactivations: false,
+    });
+    let reasons: Vec<_> = plan
+        .actions
+        .iter()
+        .map(|a| (a.op, a.idp_id.0.as_str(), a.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (Op::Deactivate, "a", Some("deactivated in source")),
+            (Op::Deactivate, "b", Some("left scope")),
+            (Op::Deactivate, "c", Some("no longer in source")),
+        ]
+    );
+}
+
+#[test]
+fn an_incremental_read_only_deactivates_what_it_reports() {
+    let mut state = Snapshot::default();
+    for id in ["a", "b"] {
+        state.users.insert(
+            IdpId(id.into()),
+            record(&attrs(&format!("{id}@x.com"), "T"), AccountStatus::Active),
+        );
+    }
+    let mut read = full_read(&[]);
+    read.full = false;
+    read.removed.push(IdpId("b".into()));
+    let plan = plan_of(&read, &[], &state);
+    assert_eq!(ops(&plan), vec![(Op::Deactivate, "b")]);
+    assert_eq!(plan.actions[0].reason.as_deref(), Some("removed in source"));
+}
+
+#[test]
+fn a_rehire_is_reactivated_on_the_same_account() {
+    let attributes = attrs("a@x.com", "Sales");
+    let mut state = Snapshot::default();
+    state.users.insert(
+        IdpId("a".into()),
+        record(&attributes, AccountStatus::Deactivated),
+    );
+    let mapped = vec![provisioned("a", attributes)];
+    let plan = plan_of(&full_read(&mapped), &mapped, &state);
+    assert_eq!(ops(&plan), vec![(Op::Reactivate, "a")]);
+    assert_eq!(plan.actions[0].scim_id.as_deref(), Some("scim-a@x.com"));
+}
+
+fn state_with_active(n: usize) -> Snapshot {
+    let mut state = Snapshot::default();
+    for i in 0..n {
+        state.users.insert(
+            IdpId(format!("u{i:03}")),
+            record(&attrs(&format!("u{i}@x.com"), "T"), AccountStatus::Active),
+        );
+    }
+    state
+}
+
+#[test]
+fn too_many_deactivations_are_all_held() {
+    let state = state_with_active(10);
+    let mapped: Vec<MappedUser> = (3..10)
+        .map(|i| provisioned(&format!("u{i:03}"), attrs(&format!("u{i}@x.com"), "T")))
+        .collect();
+    let plan = plan_of(&full_read(&mapped), &mapped, &state);
+    assert_eq!(plan.summary().held, 3);
+    assert_eq!(plan.summary().deactivate, 0);
+    assert!(
+        plan.held_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("3 deactivations exceed the limit of 2")),
+        "{:?}",
+        plan.held_reason
+    );
+    let released = build(&Inputs {
+        read: &full_read(&mapped),
+        mapped: &mapped,
+        state: &state,
+        safety: &safety(),
+        allow_deactivations: true,
+    });
+    assert_eq!(released.summary().deactivate, 3);
+    assert_eq!(released.summary().held, 0);
+}
+
+#[test]
+fn the_percentage_allows_more_when_it_is_larger() {
+    let state = state_with_active(100);
+    let mapped: Vec<MappedUser> = (5..100)
+        .map(|i| provisioned(&format!("u{i:03}"), attrs(&format!("u{i}@x.com"), "T")))
+        .collect();
+    let plan = build(&Inputs {
+        read: &full_read(&mapped),
+        mapped: &mapped,
+        state: &state,
+        safety: &SafetyConfig {
+            max_deactivation_percent: 5.0,
+            ..safety()
+        },
+        allow_deactivations: false,
+    });
+    assert_eq!(plan.summary().deactivate, 5);
+    assert_eq!(plan.summary().held, 0);
+}
+
+#[test]
+fn an_empty_source_holds_every_deactivation() {
+    let state = state_with_active(1);
+    let plan = plan_of(&full_read(&[]), &[], &state);
+    assert_eq!(ops(&plan), vec![(Op::Held, "u000")]);
+    assert_eq!(
+        plan.held_reason.as_deref(),
+        Some("the source returned no users")
+    );
+}
+
+#[test]
+fn rejected_records_are_skipped_and_protect_their_users() {
+    let state = state_with_active(2);
+    let mapped = vec![provisioned("u001", attrs("u1@x.com", "T"))];
+    let mut read = full_read(&mapped);
+    read.rejected.push(RejectedRecord {
+        idp_id: Some(IdpId("u000".into())),
+        location: "dir.json record 1".into(),
+        error: "field `groups` must be a list of strings, found a number".into(),
+    });
+    let plan = plan_of(&read, &mapped, &state);
+    assert_eq!(ops(&plan), vec![(Op::Skip, "u000")]);
+    assert_eq!(
+        plan.actions[0].error.as_deref(),
+        Some("dir.json record 1: field `groups` must be a list of strings, found a number")
+    );
+
+    // A record without an id could be anyone: absence proves nothing, so deactivations hold.
+    read.rejected[0].idp_id = None;
+    let plan = plan_of(&read, &mapped, &state);
+    assert_eq!(plan.summary().held, 1);
+    assert_eq!(plan.summary().skipped, 1);
+}
+
+#[test]
+fn managers_are_created_before_their_reports() {
+    let mut mapped = vec![
+        provisioned("a", attrs("a@x.com", "T")),
+        provisioned("b", attrs("b@x.com", "T")),
+        provisioned("c", attrs("c@x.com", "T")),
+        provisioned("d", attrs("d@x.com", "T")),
+    ];
+    // c reports to b, b reports to d, a reports to someone already provisioned (z).
+    mapped[2].manager = Some(IdpId("b".into()));
+    mapped[1].manager = Some(IdpId("d".into()));
+    mapped[0].manager = Some(IdpId("z".into()));
+    let plan = plan_of(&full_read(&mapped), &mapped, &Snapshot::default());
+    let waves: Vec<_> = plan
+        .actions
+        .iter()
+        .map(|a| (a.idp_id.0.as_str(), a.wave))
+        .collect();
+    assert_eq!(waves, vec![("a", 0), ("d", 0), ("b", 1), ("c", 2)]);
+}
+
+#[test]
+fn a_manager_cycle_does_not_hang_and_still_plans_everyone() {
+    let mut mapped = vec![
+        provisioned("a", attrs("a@x.com", "T")),
+        provisioned("b", attrs("b@x.com", "T")),
+    ];
+    mapped[0].manager = Some(IdpId("b".into()));
+    mapped[1].manager = Some(IdpId("a".into()));
+    let plan = plan_of(&full_read(&mapped), &mapped, &Snapshot::default());
+    assert_eq!(plan.summary().create, 2);
+}
+
+#[test]
+fn two_people_mapped_to_one_user_name_are_never_merged() {
+    let mapped = vec![
+        provisioned("a", attrs("same@x.com", "T")),
+        provisioned("b", attrs("SAME@x.com", "T")),
+    ];
+    let plan = plan_of(&full_read(&mapped), &mapped, &Snapshot::default());
+    assert_eq!(ops(&plan), vec![(Op::Skip, "a"), (Op::Skip, "b")]);
+
+    // The one who already holds the name keeps it.
+    let mut state = Snapshot::default();
+    state.users.insert(
+        IdpId("a".into()),
+        record(&attrs("same@x.com", "T"), AccountStatus::Active),
+    );
+    let plan = plan_of(&full_read(&mapped), &mapped, &state);
+    assert_eq!(ops(&plan), vec![(Op::Skip, "b")]);
+    assert!(
+        plan.actions[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("also claimed by IdP user a"))
+    );
+}
+
+#[test]
+fn quarantined_users_are_skipped_on_incremental_runs_and_retried_on_full_runs() {
+    let mapped = vec![provisioned("a", attrs("a@x.com", "T"))];
+    let mut state = Snapshot::default();
+    state.failures.insert(
+        IdpId("a".into()),
+        FailureRecord {
+            consecutive: 3,
+            last_error: "SocialTalent refused the request (400): bad".into(),
+            label: "a@x.com".into(),
+            last_failed_at: "2026-01-01T00:00:00Z".into(),
+        },
+    );
+    let mut read = full_read(&mapped);
+    read.full = false;
+    let plan = plan_of(&read, &mapped, &state);
+    assert_eq!(ops(&plan), vec![(Op::Skip, "a")]);
+    assert!(
+        plan.actions[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("quarantined after 3"))
+    );
+    read.full = true;
+    assert_eq!(
+        ops(&plan_of(&read, &mapped, &state)),
+        vec![(Op::Create, "a")]
+    );
+}
+
+fn arb_attributes() -> impl Strategy<Value = Attributes> {
+    (
+        "[a-c]{1,2}",
+        prop::sample::select(vec!["Sales", "Marketing", ""]),
+        prop::collection::vec(prop::sample::select(vec!["A", "B", "C"]), 0..3),
+        prop::option::of(prop::sample::select(vec!["Recruiter", "Manager"])),
+    )
+        .prop_map(|(name, team, paths, title)| {
+            let mut attributes = Attributes::new();
+            attributes.insert("userName".into(), json!(format!("{name}@x.com")));
+            attributes.insert("role".into(), json!("user"));
+            if !team.is_empty() {
+                attributes.insert("coreTeam".into(), json!(team));
+            }
+            let mut paths: Vec<&str> = paths;
+            paths.sort_unstable();
+            paths.dedup();
+            if !paths.is_empty() {
+                attributes.insert("learningPaths".into(), json!(paths));
+            }
+            if let Some(title) = title {
+                attributes.insert("title".into(), json!(title));
+            }
+            attributes
+        })
+}
+
+fn arb_decision() -> impl Strategy<Value = Decision> {
+    prop_oneof![
+        6 => arb_attributes().prop_map(Decision::Provision),
+        1 => Just(Decision::Inactive),
+        1 => Just(Decision::OutOfScope),
+    ]
+}
+
+fn arb_mapped() -> impl Strategy<Value = Vec<MappedUser>> {
+    prop::collection::btree_map("u[0-9]{1,2}", arb_decision(), 0..25).prop_map(|users| {
+        users
+            .into_iter()
+            .map(|(id, decision)| decided(&id, decision))
+            .collect()
+    })
+}
+
+proptest! {
+    #[test]
+    fn replanning_after_applying_a_plan_plans_nothing(first in arb_mapped(), second in arb_mapped()) {
+        let relaxed = SafetyConfig { max_deactivations: 1000, ..safety() };
+        let mut state = Snapshot::default();
+        for mapped in [&first, &second] {
+            let read = full_read(mapped);
+            let plan = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false });
+            apply(&plan, &mut state);
+            let again = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false });
+            prop_assert!(again.is_noop(), "second plan: {:?}", again.actions);
+        }
+    }
+
+    #[test]
+    fn an_empty_or_incremental_read_never_deactivates_by_absence(mapped in arb_mapped()) {
+        let relaxed = SafetyConfig { max_deactivations: 1000, ..safety() };
+        let mut state = Snapshot::default();
+        let read = full_read(&mapped);
+        let plan = build(&Inputs { read: &read, mapped: &mapped, state: &state, safety: &relaxed, allow_deactivations: false });
+        apply(&plan, &mut state);
+        let empty = full_read(&[]);
+        let plan = build(&Inputs { read: &empty, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false });
+        prop_assert_eq!(plan.summary().deactivate, 0);
+        let mut incremental = full_read(&[]);
+        incremental.full = false;
+        let plan = build(&Inputs { read: &incremental, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false });
+        prop_assert!(plan.actions.is_empty());
+    }
+
+    #[test]
+    fn the_plan_does_not_depend_on_input_order(mapped in arb_mapped(), seed in any::<u64>()) {
+        let read = full_read(&mapped);
+        let state = Snapshot::default();
+        let plan = plan_of(&read, &mapped, &state);
+        let mut shuffled = mapped.clone();
+        let len = shuffled.len();
+        if len > 1 {
+            for i in 0..len {
+                let j = (seed.wrapping_mul(i as u64 + 1) % len as u64) as usize;
+                shuffled.swap(i, j);
+            }
+        }
+        prop_assert_eq!(plan, plan_of(&read, &shuffled, &state));
+    }
+}

@@ -1,1 +1,7 @@
+//! The integration tests: one binary, one module per area (ripgrep's layout).
+//! `support` starts the real SCIM peer (scim2-server) and holds shared helpers.
 
+mod cli;
+mod e2e;
+mod scim_client;
+mod support;
