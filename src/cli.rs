@@ -475,6 +475,9 @@ pub fn undeclared_attributes(
     };
     attributes
         .iter()
+        // `externalId` is a common attribute of every resource (RFC 7643 §3.1), not listed in
+        // any schema.
+        .filter(|attribute| attribute.as_str() != crate::model::attr::EXTERNAL_ID)
         .filter(|attribute| match wire::placement(attribute) {
             wire::Placement::Core => !has(core, attribute),
             wire::Placement::Name => !has(name_subs, &attribute["name.".len()..]),

@@ -448,3 +448,58 @@ async fn a_wrong_token_fails_the_run_with_a_clear_message() {
         "the token leaked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_connect_reports_attributes_the_target_does_not_declare() {
+    let mut ws = Workspace::new();
+    let ok = ws.run(&["check-config", "--connect"]);
+    assert_eq!(ok.code, 0, "{}\n{}", ok.stdout, ok.stderr);
+    assert!(
+        ok.stdout.contains("every mapped attribute is declared"),
+        "{}",
+        ok.stdout
+    );
+
+    ws.mapping
+        .push_str("costCentre = \"{{ user.attrs.costCenter }}\"\n");
+    let bad = ws.run(&["check-config", "--connect"]);
+    assert_eq!(bad.code, 2, "{}\n{}", bad.stdout, bad.stderr);
+    assert!(
+        bad.stdout
+            .contains("costCentre is not declared by the target's schemas"),
+        "{}",
+        bad.stdout
+    );
+    assert!(
+        ws.peer.users().await.is_empty(),
+        "check-config writes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_apply_provisions_one_person_only() {
+    let ws = Workspace::new();
+    let preview = ws.run(&[
+        "preview",
+        "ZOE.ODEGARD@northwind.example",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(preview.code, 0, "{}", preview.stderr);
+    assert_eq!(preview.json["scope"], "in scope");
+    assert_eq!(preview.json["action"]["op"], "create");
+    assert_eq!(preview.json["payload"][EXT_URN]["coreTeam"], "Sales");
+    assert!(
+        ws.peer.users().await.is_empty(),
+        "preview alone writes nothing"
+    );
+
+    let applied = ws.run(&["preview", "E1007", "--apply"]);
+    assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
+    let users = ws.peer.users().await;
+    assert_eq!(user_names(&users), vec!["zoe.odegard@northwind.example"]);
+    // The state knows her now: the full sync creates the other 20 and leaves her unchanged.
+    let report = ws.sync(&[], 0);
+    assert_eq!(report["summary"]["create"], 20);
+    assert_eq!(report["summary"]["unchanged"], 1);
+}
