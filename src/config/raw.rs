@@ -186,14 +186,19 @@ fn header_of(line: &str) -> Option<Vec<String>> {
     )
 }
 
-fn line_key(line: &str) -> Option<String> {
+/// The key of a `key = value` line as written (quotes kept, so `"name.givenName"` stays one
+/// segment for [`segments`]).
+fn raw_line_key(line: &str) -> Option<&str> {
     let trimmed = line.trim_start();
     if trimmed.starts_with('#') || trimmed.starts_with('[') {
         return None;
     }
     let end = trimmed.find('=')?;
-    let key = trimmed[..end].trim();
-    Some(key.trim_matches('"').to_owned())
+    Some(trimmed[..end].trim())
+}
+
+fn line_key(line: &str) -> Option<String> {
+    raw_line_key(line).map(|key| key.trim_matches('"').to_owned())
 }
 
 /// Finds the line and column of `key` (a dotted path) in the TOML text: the key's own line when
@@ -211,11 +216,11 @@ pub(super) fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
             }
             continue;
         }
-        let Some(line_key) = line_key(line) else {
+        let Some(line_key) = raw_line_key(line) else {
             continue;
         };
         let mut full = section.clone();
-        full.extend(segments(&line_key));
+        full.extend(segments(line_key));
         if wanted.starts_with(&full) && best.is_none_or(|b| full.len() > b.0) {
             let column = line.len() - line.trim_start().len() + 1;
             best = Some((full.len(), index + 1, column));
@@ -231,8 +236,17 @@ pub(super) fn key_of_toml_error(text: &str, error: &toml::de::Error) -> String {
         return "(file)".into();
     };
     let start = text.floor_char_boundary(span.start.min(text.len()));
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[line_start
+        ..text[line_start..]
+            .find('\n')
+            .map_or(text.len(), |i| line_start + i)];
+    // An error inside a table header (an unknown table such as `[sheduel]`) is about that table.
+    if let Some(header) = header_of(line) {
+        return header.join(".");
+    }
     let mut section = String::new();
-    for line in text[..start].lines() {
+    for line in text[..line_start].lines() {
         if let Some(header) = header_of(line) {
             section = header.join(".");
         }
@@ -240,13 +254,7 @@ pub(super) fn key_of_toml_error(text: &str, error: &toml::de::Error) -> String {
     let end = text.floor_char_boundary(span.end.min(text.len()));
     let under = text[start..end].trim();
     // An unknown or mistyped key's span covers the key (or its value); a key looks like one.
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let key_here = line_key(
-        &text[line_start
-            ..text[line_start..]
-                .find('\n')
-                .map_or(text.len(), |i| line_start + i)],
-    );
+    let key_here = line_key(line);
     let leaf = if !under.is_empty()
         && under
             .trim_matches('"')
