@@ -725,6 +725,15 @@ impl Validator<'_> {
                 rules.push((name, key, spec));
             }
         }
+        if !rules
+            .iter()
+            .any(|(name, _, _)| name == crate::model::attr::USER_NAME)
+        {
+            return Err(self.error(
+                "mapping.userName",
+                "is required: every SocialTalent user needs a userName (for example \"{{ user.email | lower }}\")",
+            ));
+        }
         let spec = MappingSpec {
             scope: scope.when,
             rules,

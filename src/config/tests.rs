@@ -802,3 +802,15 @@ fn line_column_counts_characters() {
     assert_eq!(line_column(text, 11), (2, 5));
     assert_eq!(line_column(text, 10_000), (3, 1));
 }
+
+#[test]
+fn a_mapping_without_user_name_is_refused() {
+    let error = invalid(&base_with("userName = \"{{ user.email | lower }}\"\n", ""));
+    assert_eq!(error.key, "mapping.userName");
+    assert_eq!(
+        error.location.map(|(line, _)| line),
+        Some(11),
+        "points at [mapping]: {error}"
+    );
+    assert!(error.message.starts_with("is required"), "{error}");
+}
