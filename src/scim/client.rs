@@ -132,11 +132,14 @@ impl ScimClient {
             base_url: target.base_url.as_str().trim_end_matches('/').to_owned(),
             token: Arc::new(token),
             limiter,
+            // A server asking for more than five minutes is treated as down for this run
+            // rather than holding every write for an hour.
             backoff: Backoff::new(
                 Duration::from_millis(500),
                 Duration::from_secs(60),
                 target.max_retries,
-            ),
+            )
+            .with_max_hint(Duration::from_secs(300)),
             extension_schema: target.extension_schema.clone(),
             stats: Arc::new(ClientStats::default()),
         })
