@@ -390,10 +390,10 @@ async fn check_config(config: &Config, connect: bool) -> Result<u8, Failure> {
 
 /// Contacts the source and the target; returns how many configuration problems it found.
 async fn check_connections(config: &Config) -> Result<usize, Failure> {
-    let read = crate::source::read(&config.source)
+    let seen = crate::source::check(&config.source)
         .await
         .map_err(Failure::failed)?;
-    println!("  source: read {} users", read.records_read());
+    println!("  source: {seen}");
     let client = sync::scim_client(config)?;
     let provider = client
         .get_optional("/ServiceProviderConfig")
@@ -494,33 +494,20 @@ async fn preview(
     output: OutputFormat,
 ) -> Result<u8, Failure> {
     let state = open_state(config, apply)?;
-    let options = Options {
-        mode: Mode::DryRun,
-        full: true,
-        allow_deactivations: false,
-    };
-    let planned = sync::plan_run(config, state.as_ref(), options).await?;
-    let folded = wanted.to_lowercase();
-    let user = planned
-        .read
-        .users
-        .iter()
-        .find(|user| {
-            user.id.0 == wanted
-                || user
-                    .login
-                    .as_deref()
-                    .is_some_and(|l| l.to_lowercase() == folded)
-                || user
-                    .email
-                    .as_deref()
-                    .is_some_and(|e| e.to_lowercase() == folded)
-        })
+    let read = crate::source::read_one(&config.source, state.as_ref(), wanted)
+        .await
+        .map_err(Failure::failed)?
         .ok_or_else(|| {
             Failure::failed(format!(
                 "no user {wanted:?} in the source (looked up by id, login and email)"
             ))
         })?;
+    let planned = sync::plan_read(config, state.as_ref(), read, false)?;
+    let user = planned
+        .read
+        .users
+        .first()
+        .ok_or_else(|| Failure::failed("internal: the source returned no user"))?;
     let mapped = planned
         .mapped
         .iter()
@@ -613,10 +600,10 @@ async fn preview(
         max_in_flight: 1,
         quarantine_after: config.safety.failure_quarantine_after,
     };
-    let results =
+    let execution =
         crate::executor::execute(&client, &state, settings, &single, &known, &|| {}).await;
     state.flush()?;
-    match results.first() {
+    match execution.results.first() {
         Some(crate::executor::ActionResult::Failed { error }) => Err(Failure::failed(format!(
             "applying {:?} failed: {error}",
             action.op

@@ -47,6 +47,15 @@ pub enum ActionResult {
     NotSent,
 }
 
+/// What carrying out a plan produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    /// One result per action, in the plan's order.
+    pub results: Vec<ActionResult>,
+    /// Why the run stopped early (bad credentials, target unreachable), if it did.
+    pub stopped: Option<String>,
+}
+
 /// Carries out the plan; returns one result per action, in the plan's order.
 ///
 /// `known_scim_ids` maps SocialTalent ids the state already gives to an IdP user, so that a
@@ -58,7 +67,7 @@ pub async fn execute(
     plan: &Plan,
     known_scim_ids: &HashMap<String, IdpId>,
     on_done: &(dyn Fn() + Sync),
-) -> Vec<ActionResult> {
+) -> Execution {
     let mut results = vec![ActionResult::NotSent; plan.actions.len()];
     let mut waves: Vec<u32> = plan
         .actions
@@ -117,7 +126,8 @@ pub async fn execute(
             on_done();
         }
     }
-    results
+    let stopped = lock(&stopped).clone();
+    Execution { results, stopped }
 }
 
 /// What went wrong with one action.

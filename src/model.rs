@@ -143,6 +143,38 @@ pub struct SourceRead {
     pub rejected: Vec<RejectedRecord>,
     /// Non-fatal findings (for example a manager id that matches nobody).
     pub warnings: Vec<String>,
+    /// What to persist once the run's writes are recorded (cursors, the source cache).
+    #[serde(skip)]
+    pub commit: SourceCommit,
+}
+
+/// What a source asks the state to keep after a run: its cursors (Okta watermark, Graph delta
+/// link) and its cache of the directory (for incremental reads, which return only changes).
+/// Applied only after the run's writes are recorded, and only when the run neither held
+/// deactivations nor stopped early, so that nothing read is skipped by the next run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceCommit {
+    /// Cursor values by state key.
+    pub cursors: Vec<(String, String)>,
+    /// Changes to the source cache.
+    pub cache: CacheUpdate,
+}
+
+/// A change to the source cache.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum CacheUpdate {
+    /// Leave it as it is.
+    #[default]
+    Keep,
+    /// Replace it with exactly these users (after a full read).
+    Replace(Vec<std::sync::Arc<SourceUser>>),
+    /// Insert or replace these users and forget those ids (after an incremental read).
+    Merge {
+        /// Users read.
+        upsert: Vec<std::sync::Arc<SourceUser>>,
+        /// Users gone.
+        remove: Vec<IdpId>,
+    },
 }
 
 impl SourceRead {

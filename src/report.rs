@@ -39,10 +39,13 @@ pub fn to_json(outcome: &RunOutcome) -> Value {
         "actions": actions,
         "orphans": [],
     });
-    if !outcome.read.warnings.is_empty()
-        && let Some(object) = report.as_object_mut()
-    {
-        object.insert("warnings".into(), json!(outcome.read.warnings));
+    if let Some(object) = report.as_object_mut() {
+        if !outcome.read.warnings.is_empty() {
+            object.insert("warnings".into(), json!(outcome.read.warnings));
+        }
+        if let Some(reason) = &outcome.stopped {
+            object.insert("stopped".into(), json!(reason));
+        }
     }
     report
 }
@@ -134,6 +137,12 @@ pub fn to_text(outcome: &RunOutcome) -> String {
         let _ = write!(out, ", {} failed", summary.failed);
     }
     out.push_str(".\n");
+    if let Some(reason) = &outcome.stopped {
+        let _ = writeln!(
+            out,
+            "The run stopped early: {reason}. Unsent writes are retried on the next run."
+        );
+    }
     if let Some(reason) = &outcome.plan.held_reason
         && summary.held > 0
     {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FailureRecord, IdpId, Snapshot, UserRecord};
+use crate::model::{
+    CacheUpdate, FailureRecord, IdpId, Snapshot, SourceCommit, SourceUser, UserRecord,
+};
 use crate::plan::Summary;
 
 /// The on-disk format this build writes and understands.
@@ -20,6 +22,7 @@ const USERS: &str = "users";
 const FAILURES: &str = "failures";
 const RUNS: &str = "runs";
 const META: &str = "meta";
+const SOURCE: &str = "source";
 const OWNER_FILE: &str = "owner";
 
 /// A state problem; every variant names the directory.
@@ -97,6 +100,7 @@ pub struct State {
     failures: sled::Tree,
     runs: sled::Tree,
     meta: sled::Tree,
+    source: sled::Tree,
 }
 
 impl State {
@@ -125,6 +129,7 @@ impl State {
             failures: tree(FAILURES)?,
             runs: tree(RUNS)?,
             meta: tree(META)?,
+            source: tree(SOURCE)?,
             db,
         };
         match state.meta_u32("format_version")? {
@@ -283,6 +288,75 @@ impl State {
         self.meta
             .insert(key, value.as_bytes())
             .map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    /// The cached source record of one user (Okta and Entra ID keep the directory here so that
+    /// incremental reads can resolve managers and groups and retry failing users).
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn cached_source_user(&self, idp_id: &IdpId) -> Result<Option<SourceUser>, StateError> {
+        match self
+            .source
+            .get(idp_id.0.as_bytes())
+            .map_err(|e| self.storage(e))?
+        {
+            Some(value) => Ok(Some(self.decode(idp_id.0.as_bytes(), &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies a source's commit: its cursors and its cache changes, in one batch per tree.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn apply_source_commit(&self, commit: &SourceCommit) -> Result<(), StateError> {
+        let encode = |user: &SourceUser| serde_json::to_vec(user).map_err(|e| self.storage(e));
+        match &commit.cache {
+            CacheUpdate::Keep => {}
+            CacheUpdate::Replace(users) => {
+                let mut batch = sled::Batch::default();
+                let wanted: std::collections::HashSet<&[u8]> =
+                    users.iter().map(|user| user.id.0.as_bytes()).collect();
+                for item in self.source.iter().keys() {
+                    let key = item.map_err(|e| self.storage(e))?;
+                    if !wanted.contains(key.as_ref()) {
+                        batch.remove(key);
+                    }
+                }
+                for user in users {
+                    let value = encode(user)?;
+                    // Rewriting an unchanged record costs a write; skip it.
+                    let unchanged = self
+                        .source
+                        .get(user.id.0.as_bytes())
+                        .map_err(|e| self.storage(e))?
+                        .is_some_and(|old| old.as_ref() == value.as_slice());
+                    if !unchanged {
+                        batch.insert(user.id.0.as_bytes(), value);
+                    }
+                }
+                self.source
+                    .apply_batch(batch)
+                    .map_err(|e| self.storage(e))?;
+            }
+            CacheUpdate::Merge { upsert, remove } => {
+                let mut batch = sled::Batch::default();
+                for user in upsert {
+                    batch.insert(user.id.0.as_bytes(), encode(user)?);
+                }
+                for idp_id in remove {
+                    batch.remove(idp_id.0.as_bytes());
+                }
+                self.source
+                    .apply_batch(batch)
+                    .map_err(|e| self.storage(e))?;
+            }
+        }
+        for (key, value) in &commit.cursors {
+            self.set_meta(key, value)?;
+        }
         Ok(())
     }
 

@@ -50,6 +50,9 @@ pub enum SyncError {
     /// The SCIM client could not be built.
     #[error(transparent)]
     Client(#[from] crate::scim::client::ScimError),
+    /// A bug: a task failed unexpectedly.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Everything a run produced, for the report.
@@ -63,6 +66,8 @@ pub struct RunOutcome {
     pub plan: Plan,
     /// Per-action results (applied runs only), in plan order.
     pub results: Option<Vec<ActionResult>>,
+    /// Why the run stopped early, if it did.
+    pub stopped: Option<String>,
     /// The extension schema payloads are shown with.
     pub extension_schema: String,
 }
@@ -121,29 +126,92 @@ pub async fn plan_run(
     state: Option<&State>,
     options: Options,
 ) -> Result<Planned, SyncError> {
-    let read = source::read(&config.source).await?;
     let snapshot = match state {
         Some(state) => state.snapshot()?,
         None => Snapshot::default(),
     };
+    let mut read = source::read(&config.source, state, options.full).await?;
+    if let (false, Some(state)) = (read.full, state) {
+        retry_failing_users(&mut read, &snapshot, state)?;
+    }
     let mapper = Arc::clone(&config.mapping);
-    let users = read.users.clone();
-    let mapped = tokio::task::spawn_blocking(move || mapper.map_all(&users))
+    let safety = config.safety.clone();
+    let allow = options.allow_deactivations;
+    // Mapping 100,000 users is CPU work: keep it off the async workers.
+    tokio::task::spawn_blocking(move || plan_with(&mapper, &safety, read, snapshot, allow))
         .await
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+        .map_err(|error| SyncError::Internal(format!("the planning task failed: {error}")))
+}
+
+/// Maps and plans a read that is already in hand (for `preview`).
+///
+/// # Errors
+/// [`SyncError::State`] when the state cannot be read.
+pub fn plan_read(
+    config: &Config,
+    state: Option<&State>,
+    read: SourceRead,
+    allow_deactivations: bool,
+) -> Result<Planned, SyncError> {
+    let snapshot = match state {
+        Some(state) => state.snapshot()?,
+        None => Snapshot::default(),
+    };
+    Ok(plan_with(
+        &config.mapping,
+        &config.safety,
+        read,
+        snapshot,
+        allow_deactivations,
+    ))
+}
+
+fn plan_with(
+    mapper: &crate::mapping::Mapper,
+    safety: &crate::config::SafetyConfig,
+    read: SourceRead,
+    snapshot: Snapshot,
+    allow_deactivations: bool,
+) -> Planned {
+    let mapped = mapper.map_all(&read.users);
     let plan = plan::build(&plan::Inputs {
         read: &read,
         mapped: &mapped,
         state: &snapshot,
-        safety: &config.safety,
-        allow_deactivations: options.allow_deactivations,
+        safety,
+        allow_deactivations,
     });
-    Ok(Planned {
+    Planned {
         read,
         mapped,
         snapshot,
         plan,
-    })
+    }
+}
+
+/// An incremental read only returns what changed; users whose writes failed last time are
+/// added from the source cache so that they are retried (quarantined ones are skipped by the
+/// planner and wait for a full run).
+fn retry_failing_users(
+    read: &mut SourceRead,
+    snapshot: &Snapshot,
+    state: &State,
+) -> Result<(), StateError> {
+    let present: std::collections::HashSet<IdpId> = read
+        .users
+        .iter()
+        .map(|user| user.id.clone())
+        .chain(read.removed.iter().cloned())
+        .collect();
+    for idp_id in snapshot.failures.keys() {
+        if present.contains(idp_id) {
+            continue;
+        }
+        if let Some(user) = state.cached_source_user(idp_id)? {
+            read.users.push(Arc::new(user));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the SCIM client for the configured target (reads the token now).
@@ -204,11 +272,15 @@ pub async fn run_once(
             read,
             plan,
             results: None,
+            stopped: None,
             extension_schema,
         });
     };
-    let results = if plan.is_noop() {
-        vec![ActionResult::NotSent; plan.actions.len()]
+    let execution = if plan.is_noop() {
+        executor::Execution {
+            results: vec![ActionResult::NotSent; plan.actions.len()],
+            stopped: None,
+        }
     } else {
         let client = scim_client(config)?;
         let known: HashMap<String, IdpId> = snapshot
@@ -231,10 +303,17 @@ pub async fn run_once(
         mode: Mode::Apply,
         read,
         plan,
-        results: Some(results),
+        results: Some(execution.results),
+        stopped: execution.stopped,
         extension_schema,
     };
     record_run(state, &outcome, &started_at)?;
+    // Cursors advance only after the writes are recorded, and not at all when the run held
+    // deactivations or stopped early: the next run must read those changes again.
+    if outcome.held() == 0 && outcome.stopped.is_none() {
+        state.apply_source_commit(&outcome.read.commit)?;
+        state.flush()?;
+    }
     Ok(outcome)
 }
 
@@ -279,7 +358,10 @@ fn record_run(state: &State, outcome: &RunOutcome, started_at: &str) -> Result<(
         users_read: outcome.read.records_read(),
         summary,
         outcome: outcome_word.to_owned(),
-        error: (summary.failed > 0).then(|| format!("{} writes failed", summary.failed)),
+        error: outcome
+            .stopped
+            .clone()
+            .or_else(|| (summary.failed > 0).then(|| format!("{} writes failed", summary.failed))),
         held,
     })?;
     state.flush()

@@ -435,6 +435,9 @@ impl Validator<'_> {
                         "an OAuth service app (client_id) needs private_key_file",
                     ));
                 }
+                let groups = okta.groups.unwrap_or_default();
+                crate::source::groups::GroupFilter::new(&groups)
+                    .map_err(|message| self.error("source.okta.groups", message))?;
                 Ok(SourceConfig::Okta(OktaConfig {
                     org_url,
                     token,
@@ -444,7 +447,7 @@ impl Validator<'_> {
                         vec!["okta.users.read".to_owned(), "okta.groups.read".to_owned()]
                     }),
                     suspended_is_active: okta.suspended_is_active.unwrap_or(false),
-                    groups: okta.groups.unwrap_or_default(),
+                    groups,
                 }))
             }
             "entra" => {
@@ -473,6 +476,9 @@ impl Validator<'_> {
                         "certificate_file needs private_key_file",
                     ));
                 }
+                let groups = entra.groups.unwrap_or_default();
+                crate::source::groups::GroupFilter::new(&groups)
+                    .map_err(|message| self.error("source.entra.groups", message))?;
                 Ok(SourceConfig::Entra(EntraConfig {
                     tenant_id: non_empty(self, "source.entra.tenant_id", entra.tenant_id)?,
                     client_id: non_empty(self, "source.entra.client_id", entra.client_id)?,
@@ -480,7 +486,7 @@ impl Validator<'_> {
                     certificate_file: entra.certificate_file.map(|path| self.dir.join(path)),
                     private_key,
                     extra_attributes: entra.extra_attributes.unwrap_or_default(),
-                    groups: entra.groups.unwrap_or_default(),
+                    groups,
                     graph_url: self.url(
                         "source.entra.graph_url",
                         entra

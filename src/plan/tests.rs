@@ -89,6 +89,7 @@ fn full_read(mapped: &[MappedUser]) -> SourceRead {
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings: Vec::new(),
+        commit: Default::default(),
     }
 }
 

@@ -152,6 +152,7 @@ fn normalise(name: &str, records: Vec<Located>) -> SourceRead {
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings: Vec::new(),
+        commit: Default::default(),
     };
     let mut users: Vec<SourceUser> = Vec::new();
     let mut first_seen: HashMap<IdpId, String> = HashMap::new();

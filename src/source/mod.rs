@@ -3,9 +3,14 @@
 //! any point returns an error and nothing partial, so that no run acts on an incomplete read.
 
 pub mod file;
+pub mod groups;
+pub mod okta;
 
-use crate::config::SourceConfig;
-use crate::model::SourceRead;
+use std::sync::Arc;
+
+use crate::config::{SecretError, SourceConfig};
+use crate::model::{SourceRead, SourceUser};
+use crate::state::{State, StateError};
 
 /// Why a source could not be read; the run stops before any write.
 #[derive(Debug, thiserror::Error)]
@@ -20,19 +25,30 @@ pub enum SourceError {
     },
     /// The configured source kind is not available in this build.
     #[error(
-        "the {kind} source is not available in this version of socialtalent-sync; use kind = \"file\""
+        "the {kind} source is not available in this version of socialtalent-sync; use kind = \"file\" or \"okta\""
     )]
     Unavailable {
         /// The kind.
         kind: String,
     },
+    /// A secret the source needs is missing.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The state (cursors, cache) could not be read.
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
-/// Reads the configured source. The file source has no change feed, so it always reads in full.
+/// Reads the configured source: in full when `full` is set, when there is no state or no
+/// cursor yet, or always for the file source (which has no change feed); else incrementally.
 ///
 /// # Errors
 /// [`SourceError`] when any part of the read fails.
-pub async fn read(config: &SourceConfig) -> Result<SourceRead, SourceError> {
+pub async fn read(
+    config: &SourceConfig,
+    state: Option<&State>,
+    full: bool,
+) -> Result<SourceRead, SourceError> {
     match config {
         SourceConfig::File(file) => {
             let path = file.path.clone();
@@ -43,8 +59,69 @@ pub async fn read(config: &SourceConfig) -> Result<SourceRead, SourceError> {
                     message: format!("the reading task failed: {error}"),
                 })?
         }
+        SourceConfig::Okta(okta) => okta::read(okta, state, full).await,
         other => Err(SourceError::Unavailable {
             kind: other.kind().to_string(),
         }),
+    }
+}
+
+/// Finds one user by IdP id, login or email (case-insensitive), with groups and manager
+/// resolved, as an incremental read of that user alone (for `preview`).
+///
+/// # Errors
+/// [`SourceError`] when the source cannot be read.
+pub async fn read_one(
+    config: &SourceConfig,
+    state: Option<&State>,
+    wanted: &str,
+) -> Result<Option<SourceRead>, SourceError> {
+    match config {
+        SourceConfig::Okta(okta) => okta::read_one(okta, state, wanted).await,
+        _ => {
+            let mut read = read(config, state, true).await?;
+            let folded = wanted.to_lowercase();
+            let found: Option<Arc<SourceUser>> = read
+                .users
+                .iter()
+                .find(|user| {
+                    user.id.0 == wanted
+                        || user
+                            .login
+                            .as_deref()
+                            .is_some_and(|l| l.to_lowercase() == folded)
+                        || user
+                            .email
+                            .as_deref()
+                            .is_some_and(|e| e.to_lowercase() == folded)
+                })
+                .cloned();
+            Ok(found.map(|user| {
+                read.users = vec![user];
+                read.full = false;
+                read.rejected.clear();
+                read.commit = Default::default();
+                read
+            }))
+        }
+    }
+}
+
+/// Authenticates to the source and reads a little, for `check-config --connect`; returns a
+/// one-line description of what it saw.
+///
+/// # Errors
+/// [`SourceError`] when the source cannot be reached or read.
+pub async fn check(config: &SourceConfig) -> Result<String, SourceError> {
+    match config {
+        SourceConfig::Okta(okta) => okta::check(okta).await,
+        _ => {
+            let read = read(config, None, true).await?;
+            Ok(format!(
+                "read {} users ({} rejected)",
+                read.users.len(),
+                read.rejected.len()
+            ))
+        }
     }
 }

@@ -435,6 +435,13 @@ async fn a_wrong_token_fails_the_run_with_a_clear_message() {
         errors.iter().filter(|e| e.starts_with("not sent")).count() >= errors.len() - 4,
         "the run stops after the first refusal (at most one request per in-flight slot): {errors:?}"
     );
+    assert!(
+        report["stopped"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("target.token")),
+        "the report says why the run stopped: {}",
+        report["stopped"]
+    );
     // Bad credentials are nobody's fault in particular: no user moves towards quarantine.
     let status = ws.run(&["status", "--output", "json"]);
     assert_eq!(status.json["failing_users"], json!([]), "{}", status.stdout);

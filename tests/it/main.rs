@@ -3,5 +3,7 @@
 
 mod cli;
 mod e2e;
+mod fake_okta_selftest;
+mod okta;
 mod scim_client;
 mod support;

@@ -4,6 +4,7 @@
 // Each test module uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod fake_okta;
 pub mod peer;
 
 use std::path::{Path, PathBuf};
@@ -53,7 +54,13 @@ pub struct Workspace {
     pub sections: String,
     /// The mapping (scope and `[mapping]`).
     pub mapping: String,
+    /// The `[source]` section (the file source on `directory.json` by default).
+    pub source: String,
 }
+
+/// The default `[source]` section of a workspace.
+pub const FILE_SOURCE: &str =
+    "[source]\nkind = \"file\"\n[source.file]\npath = \"directory.json\"\n";
 
 /// What one run of the binary produced.
 #[derive(Debug)]
@@ -78,6 +85,7 @@ impl Workspace {
             target_extra: String::new(),
             sections: String::new(),
             mapping: EXAMPLE_MAPPING.to_owned(),
+            source: FILE_SOURCE.to_owned(),
         };
         workspace.write_directory(&example_directory());
         workspace
@@ -106,10 +114,7 @@ impl Workspace {
     pub fn config_text(&self) -> String {
         format!(
             r#"
-[source]
-kind = "file"
-[source.file]
-path = "directory.json"
+{source}
 
 [target]
 base_url = "{base}"
@@ -130,6 +135,7 @@ read_back = false
 {sections}
 {mapping}
 "#,
+            source = self.source,
             base = self.peer.base_url,
             target_extra = self.target_extra,
             sections = self.sections,
@@ -140,16 +146,25 @@ read_back = false
     /// Runs the binary with `args` (after `--config`), the token in the environment.
     pub fn run(&self, args: &[&str]) -> Run {
         std::fs::write(self.config_path(), self.config_text()).expect("write config");
-        let output = assert_cmd::Command::cargo_bin("socialtalent-sync")
-            .expect("binary")
-            .current_dir(self.dir.path())
-            .env(TOKEN_VAR, &self.peer.token)
-            .env_remove("RUST_LOG")
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
-            .output()
-            .expect("runs");
+        let run = || {
+            assert_cmd::Command::cargo_bin("socialtalent-sync")
+                .expect("binary")
+                .current_dir(self.dir.path())
+                .env(TOKEN_VAR, &self.peer.token)
+                .env_remove("RUST_LOG")
+                .arg("--config")
+                .arg(self.config_path())
+                .args(args)
+                .output()
+                .expect("runs")
+        };
+        // Fakes served by this test's runtime must keep answering while the binary runs.
+        let output = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        };
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         Run {
             code: output.status.code().unwrap_or(-1),

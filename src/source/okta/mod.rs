@@ -1,0 +1,712 @@
+//! The Okta source (`[source] kind = "okta"`): the Management API read in full
+//! (`GET /api/v1/users`, the configured groups' members) or incrementally
+//! (`search=lastUpdated gt "<watermark>"`, which also returns DEPROVISIONED users, plus the
+//! System Log's `group.user_membership.add/remove` events, because a membership change does not
+//! touch a user's `lastUpdated`). Incremental reads take groups and managers of users outside the
+//! batch from the source cache that every read keeps in the state. Only this module and its
+//! children know Okta's JSON.
+
+pub mod auth;
+pub mod client;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+
+use self::auth::OktaAuth;
+use self::client::{OktaClient, OktaError};
+use super::SourceError;
+use super::groups::GroupFilter;
+use crate::config::OktaConfig;
+use crate::model::{
+    CacheUpdate, IdpId, ManagerRef, RejectedRecord, SourceCommit, SourceKind, SourceRead,
+    SourceUser,
+};
+use crate::state::State;
+
+/// The state key of the incremental watermark (server time at the start of the last read).
+pub const WATERMARK_KEY: &str = "okta.watermark";
+/// How far before the watermark an incremental read starts: Okta's search index is eventually
+/// consistent (typically under a second), and clocks drift; re-reading a few users is harmless.
+pub const OVERLAP: Duration = Duration::from_secs(120);
+/// Users per page (Okta's maximum for `/api/v1/users`).
+const USER_PAGE: usize = 200;
+/// Members per page of `/api/v1/groups/{id}/users`.
+const MEMBER_PAGE: usize = 1000;
+/// Events per page of `/api/v1/logs` (Okta's maximum).
+const LOG_PAGE: usize = 1000;
+/// Ids per `search=id eq … or …` request.
+const IDS_PER_SEARCH: usize = 20;
+/// Timeout of one request to Okta.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries of one request to Okta (429, 5xx, transport errors).
+const MAX_RETRIES: u32 = 5;
+
+const MEMBERSHIP_EVENTS: &str =
+    "eventType eq \"group.user_membership.add\" or eventType eq \"group.user_membership.remove\"";
+
+/// Builds the client for the configured org (reads the credentials now).
+///
+/// # Errors
+/// [`SourceError::Secret`] when a credential is missing; [`SourceError::Unreadable`] when the
+/// key cannot be used.
+pub fn client(config: &OktaConfig) -> Result<OktaClient, SourceError> {
+    let auth = match &config.client_id {
+        None => OktaAuth::api_token(config.token.resolve()?),
+        Some(client_id) => OktaAuth::service_app(
+            &config.org_url,
+            client_id.clone(),
+            config.private_key.resolve()?,
+            config.scopes.clone(),
+        )
+        .map_err(|error| unreadable(config, error))?,
+    };
+    OktaClient::new(config.org_url.clone(), auth, TIMEOUT, MAX_RETRIES)
+        .map_err(|error| unreadable(config, error))
+}
+
+/// Reads Okta, in full or incrementally (see the module docs).
+///
+/// # Errors
+/// [`SourceError`] when any page fails; nothing partial is returned.
+pub async fn read(
+    config: &OktaConfig,
+    state: Option<&State>,
+    full: bool,
+) -> Result<SourceRead, SourceError> {
+    let filter = GroupFilter::new(&config.groups).map_err(|message| SourceError::Unreadable {
+        location: "source.okta.groups".into(),
+        message,
+    })?;
+    let client = client(config)?;
+    let watermark = match state {
+        Some(state) if !full => state
+            .meta(WATERMARK_KEY)?
+            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+            .map(|time| time.with_timezone(&Utc)),
+        _ => None,
+    };
+    match (watermark, state) {
+        (Some(watermark), Some(state)) => {
+            read_incremental(&client, config, &filter, state, watermark).await
+        }
+        _ => read_full(&client, config, &filter)
+            .await
+            .map_err(ReadError::from),
+    }
+    .map_err(|error| match error {
+        ReadError::Okta(error) => unreadable(config, error),
+        ReadError::State(error) => SourceError::State(error),
+    })
+}
+
+/// Finds one user by id, login or email, with groups and manager (for `preview`).
+///
+/// # Errors
+/// [`SourceError`] when Okta cannot be read.
+pub async fn read_one(
+    config: &OktaConfig,
+    _state: Option<&State>,
+    wanted: &str,
+) -> Result<Option<SourceRead>, SourceError> {
+    let filter = GroupFilter::new(&config.groups).map_err(|message| SourceError::Unreadable {
+        location: "source.okta.groups".into(),
+        message,
+    })?;
+    let client = client(config)?;
+    let fail = |error| unreadable(config, error);
+    let mut found = client
+        .get_json(&format!("/api/v1/users/{}", path_segment(wanted)))
+        .await
+        .map_err(fail)?;
+    if found.is_none() && wanted.contains('@') {
+        let mut matches = Vec::new();
+        let query = format!("profile.email eq \"{}\"", escape(wanted));
+        client
+            .get_pages(&search_path(&query), None, |items| {
+                matches.extend(items);
+                Ok(false)
+            })
+            .await
+            .map_err(fail)?;
+        found = matches.into_iter().next();
+    }
+    let Some(raw) = found else {
+        return Ok(None);
+    };
+    let mut user = match convert(&raw, config.suspended_is_active) {
+        Ok(user) => user,
+        Err(rejected) => {
+            return Err(SourceError::Unreadable {
+                location: rejected.location,
+                message: rejected.error,
+            });
+        }
+    };
+    let groups = client
+        .get_json(&format!(
+            "/api/v1/users/{}/groups",
+            path_segment(&user.user.id.0)
+        ))
+        .await
+        .map_err(fail)?
+        .unwrap_or(Value::Array(Vec::new()));
+    user.user.groups = group_names(&groups)
+        .into_iter()
+        .filter(|name| filter.matches(name))
+        .collect();
+    user.user.groups.sort();
+    let mut warnings = Vec::new();
+    if let Some(manager) = fetch_manager(&client, &user).await.map_err(fail)? {
+        user.user.manager = Some(manager);
+    } else if user.user.manager_id.is_some() || user.manager_login.is_some() {
+        warnings.push(manager_warning(&user));
+    }
+    Ok(Some(SourceRead {
+        kind: SourceKind::Okta,
+        full: false,
+        users: vec![Arc::new(user.user)],
+        removed: Vec::new(),
+        rejected: Vec::new(),
+        warnings,
+        commit: SourceCommit::default(),
+    }))
+}
+
+/// Authenticates and reads one page of users (for `check-config --connect`).
+///
+/// # Errors
+/// [`SourceError`] when Okta refuses or cannot be reached.
+pub async fn check(config: &OktaConfig) -> Result<String, SourceError> {
+    let client = client(config)?;
+    let mut seen = 0;
+    client
+        .get_pages("/api/v1/users?limit=1", None, |items| {
+            seen = items.len();
+            Ok(false)
+        })
+        .await
+        .map_err(|error| unreadable(config, error))?;
+    Ok(format!(
+        "authenticated to {}; read a page of {seen} user(s)",
+        config.org_url
+    ))
+}
+
+fn unreadable(config: &OktaConfig, error: impl std::fmt::Display) -> SourceError {
+    SourceError::Unreadable {
+        location: format!("Okta {}", config.org_url.as_str().trim_end_matches('/')),
+        message: error.to_string(),
+    }
+}
+
+/// An incremental read fails on Okta or on the state's cache.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Okta(#[from] OktaError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+/// A converted Okta user plus what is needed to resolve its manager.
+#[derive(Debug, Clone)]
+struct OktaUser {
+    user: SourceUser,
+    /// `profile.manager` when it is used as the manager's login (no `managerId`).
+    manager_login: Option<String>,
+}
+
+async fn read_full(
+    client: &OktaClient,
+    config: &OktaConfig,
+    filter: &GroupFilter,
+) -> Result<SourceRead, OktaError> {
+    let mut raw = Vec::new();
+    client
+        .get_pages(&format!("/api/v1/users?limit={USER_PAGE}"), None, |items| {
+            raw.extend(items);
+            Ok(true)
+        })
+        .await?;
+    let started = client.first_server_date().unwrap_or_else(Utc::now);
+    let memberships = read_memberships(client, filter).await?;
+    let mut read = empty_read(true);
+    let mut users = convert_all(&raw, config.suspended_is_active, &mut read.rejected);
+    for user in &mut users {
+        if let Some(groups) = memberships.get(&user.user.id.0) {
+            user.user.groups = groups.iter().cloned().collect();
+        }
+    }
+    let directory = Directory::of(&users);
+    for user in &mut users {
+        match directory.manager_of(user) {
+            Some(manager) => user.user.manager = Some(manager),
+            None if user.user.manager_id.is_some() || user.manager_login.is_some() => {
+                read.warnings.push(manager_warning(user));
+            }
+            None => {}
+        }
+    }
+    read.users = users.into_iter().map(|user| Arc::new(user.user)).collect();
+    read.commit = SourceCommit {
+        cursors: vec![(WATERMARK_KEY.to_owned(), format_time(started))],
+        cache: CacheUpdate::Replace(read.users.clone()),
+    };
+    Ok(read)
+}
+
+async fn read_incremental(
+    client: &OktaClient,
+    config: &OktaConfig,
+    filter: &GroupFilter,
+    state: &State,
+    watermark: DateTime<Utc>,
+) -> Result<SourceRead, ReadError> {
+    let since = watermark - chrono::Duration::from_std(OVERLAP).unwrap_or_default();
+    let since_text = format_time(since);
+    let mut raw = Vec::new();
+    client
+        .get_pages(
+            &search_path(&format!("lastUpdated gt \"{since_text}\"")),
+            None,
+            |items| {
+                raw.extend(items);
+                Ok(true)
+            },
+        )
+        .await?;
+    let started = client.first_server_date().unwrap_or_else(Utc::now);
+
+    // Group membership changes since the watermark, in the order Okta recorded them.
+    let mut events = Vec::new();
+    client
+        .get_pages(
+            &format!(
+                "/api/v1/logs?since={}&sortOrder=ASCENDING&limit={LOG_PAGE}&filter={}",
+                encode(&since_text),
+                encode(MEMBERSHIP_EVENTS)
+            ),
+            Some(LOG_PAGE),
+            |items| {
+                events.extend(items);
+                Ok(true)
+            },
+        )
+        .await?;
+    let changes: Vec<MembershipChange> = events
+        .iter()
+        .filter_map(membership_change)
+        .filter(|change| filter.matches(&change.group))
+        .collect();
+
+    let mut read = empty_read(false);
+    let mut users = convert_all(&raw, config.suspended_is_active, &mut read.rejected);
+    let mut known: HashMap<String, usize> = users
+        .iter()
+        .enumerate()
+        .map(|(index, user)| (user.user.id.0.clone(), index))
+        .collect();
+    let cached = |id: &str| state.cached_source_user(&IdpId(id.to_owned()));
+
+    // Users whose membership changed but whose profile did not: from the cache, else from Okta.
+    let mut missing = Vec::new();
+    for change in &changes {
+        if known.contains_key(&change.user_id) || missing.contains(&change.user_id) {
+            continue;
+        }
+        match cached(&change.user_id)? {
+            Some(user) => {
+                known.insert(change.user_id.clone(), users.len());
+                users.push(OktaUser {
+                    manager_login: user
+                        .attrs
+                        .get("manager")
+                        .and_then(Value::as_str)
+                        .filter(|_| user.manager_id.is_none())
+                        .map(str::to_owned),
+                    user,
+                });
+            }
+            None => missing.push(change.user_id.clone()),
+        }
+    }
+    for fetched in fetch_by_ids(
+        client,
+        &missing,
+        config.suspended_is_active,
+        &mut read.rejected,
+    )
+    .await?
+    {
+        known.insert(fetched.user.id.0.clone(), users.len());
+        users.push(fetched);
+    }
+
+    // Groups: what the cache knew, with the membership events applied in order.
+    for user in &mut users {
+        let mut groups: BTreeSet<String> = cached(&user.user.id.0)?
+            .map(|cached| cached.groups.into_iter().collect())
+            .unwrap_or_default();
+        for change in changes.iter().filter(|c| c.user_id == user.user.id.0) {
+            if change.added {
+                groups.insert(change.group.clone());
+            } else {
+                groups.remove(&change.group);
+            }
+        }
+        user.user.groups = groups.into_iter().collect();
+    }
+
+    // Managers: in the batch, else in the cache, else fetched from Okta.
+    let directory = Directory::of(&users);
+    let mut unresolved = Vec::new();
+    for (index, user) in users.iter_mut().enumerate() {
+        let manager = match directory.manager_of(user) {
+            Some(manager) => Some(manager),
+            None => match &user.user.manager_id {
+                Some(id) => cached(&id.0)?.map(|cached| cached.as_manager()),
+                None => None,
+            },
+        };
+        match manager {
+            Some(manager) => user.user.manager = Some(manager),
+            None if user.user.manager_id.is_some() || user.manager_login.is_some() => {
+                unresolved.push(index);
+            }
+            None => {}
+        }
+    }
+    for index in unresolved {
+        match fetch_manager(client, &users[index]).await? {
+            Some(manager) => users[index].user.manager = Some(manager),
+            None => read.warnings.push(manager_warning(&users[index])),
+        }
+    }
+
+    read.users = users.into_iter().map(|user| Arc::new(user.user)).collect();
+    read.commit = SourceCommit {
+        cursors: vec![(WATERMARK_KEY.to_owned(), format_time(started))],
+        cache: CacheUpdate::Merge {
+            upsert: read.users.clone(),
+            remove: Vec::new(),
+        },
+    };
+    Ok(read)
+}
+
+/// The members of every group the filter selects: user id → group names.
+async fn read_memberships(
+    client: &OktaClient,
+    filter: &GroupFilter,
+) -> Result<HashMap<String, BTreeSet<String>>, OktaError> {
+    let mut groups = Vec::new();
+    client
+        .get_pages(
+            &format!("/api/v1/groups?limit={USER_PAGE}"),
+            None,
+            |items| {
+                groups.extend(items);
+                Ok(true)
+            },
+        )
+        .await?;
+    let mut memberships: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for group in &groups {
+        let (Some(id), Some(name)) = (
+            group.get("id").and_then(Value::as_str),
+            group.pointer("/profile/name").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        if !filter.matches(name) {
+            continue;
+        }
+        client
+            .get_pages(
+                &format!(
+                    "/api/v1/groups/{}/users?limit={MEMBER_PAGE}",
+                    path_segment(id)
+                ),
+                None,
+                |members| {
+                    for member in members {
+                        if let Some(user_id) = member.get("id").and_then(Value::as_str) {
+                            memberships
+                                .entry(user_id.to_owned())
+                                .or_default()
+                                .insert(name.to_owned());
+                        }
+                    }
+                    Ok(true)
+                },
+            )
+            .await?;
+    }
+    Ok(memberships)
+}
+
+/// Users by id, through `search=id eq "…" or …` in small batches.
+async fn fetch_by_ids(
+    client: &OktaClient,
+    ids: &[String],
+    suspended_is_active: bool,
+    rejected: &mut Vec<RejectedRecord>,
+) -> Result<Vec<OktaUser>, OktaError> {
+    let mut raw = Vec::new();
+    for chunk in ids.chunks(IDS_PER_SEARCH) {
+        let query = chunk
+            .iter()
+            .map(|id| format!("id eq \"{}\"", escape(id)))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        client
+            .get_pages(&search_path(&query), None, |items| {
+                raw.extend(items);
+                Ok(true)
+            })
+            .await?;
+    }
+    Ok(convert_all(&raw, suspended_is_active, rejected))
+}
+
+/// Looks the manager of `user` up in Okta (by id, else by login).
+async fn fetch_manager(
+    client: &OktaClient,
+    user: &OktaUser,
+) -> Result<Option<ManagerRef>, OktaError> {
+    let key = match (&user.user.manager_id, &user.manager_login) {
+        (Some(id), _) => id.0.clone(),
+        (None, Some(login)) => login.clone(),
+        (None, None) => return Ok(None),
+    };
+    let Some(raw) = client
+        .get_json(&format!("/api/v1/users/{}", path_segment(&key)))
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(convert(&raw, false)
+        .ok()
+        .map(|manager| manager.user.as_manager()))
+}
+
+/// Ids and logins of a batch, for manager resolution.
+struct Directory {
+    by_id: HashMap<String, ManagerRef>,
+    by_login: HashMap<String, ManagerRef>,
+}
+
+impl Directory {
+    fn of(users: &[OktaUser]) -> Directory {
+        let mut by_id = HashMap::new();
+        let mut by_login = HashMap::new();
+        for user in users {
+            let manager = user.user.as_manager();
+            if let Some(login) = &user.user.login {
+                by_login.insert(login.to_lowercase(), manager.clone());
+            }
+            by_id.insert(user.user.id.0.clone(), manager);
+        }
+        Directory { by_id, by_login }
+    }
+
+    /// `profile.managerId`, else `profile.manager` as a login.
+    fn manager_of(&self, user: &OktaUser) -> Option<ManagerRef> {
+        let manager = match (&user.user.manager_id, &user.manager_login) {
+            (Some(id), _) => self.by_id.get(&id.0),
+            (None, Some(login)) => self.by_login.get(&login.to_lowercase()),
+            (None, None) => None,
+        }?;
+        (manager.id != user.user.id).then(|| manager.clone())
+    }
+}
+
+fn manager_warning(user: &OktaUser) -> String {
+    let reference = match (&user.user.manager_id, &user.manager_login) {
+        (Some(id), _) => format!("managerId {id}"),
+        (None, Some(login)) => format!("manager {login}"),
+        (None, None) => "no manager".into(),
+    };
+    format!(
+        "Okta user {} ({}) has {reference}, which matches nobody; provisioned without a manager",
+        user.user.label(),
+        user.user.id
+    )
+}
+
+fn convert_all(
+    raw: &[Value],
+    suspended_is_active: bool,
+    rejected: &mut Vec<RejectedRecord>,
+) -> Vec<OktaUser> {
+    let mut seen = std::collections::HashSet::new();
+    let mut users = Vec::with_capacity(raw.len());
+    for item in raw {
+        match convert(item, suspended_is_active) {
+            // Okta's search may return a user twice across pages while it changes; keep one.
+            Ok(user) if seen.insert(user.user.id.clone()) => users.push(user),
+            Ok(_) => {}
+            Err(record) => rejected.push(record),
+        }
+    }
+    users
+}
+
+/// Turns one Okta user object into a [`SourceUser`] (groups and manager resolved later).
+fn convert(raw: &Value, suspended_is_active: bool) -> Result<OktaUser, RejectedRecord> {
+    let id = raw
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty());
+    let Some(id) = id else {
+        return Err(RejectedRecord {
+            idp_id: None,
+            location: "Okta user without an id".into(),
+            error: "the user object has no `id`".into(),
+        });
+    };
+    let reject = |error: String| RejectedRecord {
+        idp_id: Some(IdpId(id.to_owned())),
+        location: format!("Okta user {id}"),
+        error,
+    };
+    let status = raw
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or_else(|| reject("the user object has no `status`".into()))?;
+    let profile = match raw.get("profile") {
+        Some(Value::Object(profile)) => profile.clone(),
+        _ => return Err(reject("the user object has no `profile` object".into())),
+    };
+    let text = |field: &str| -> Result<Option<String>, RejectedRecord> {
+        match profile.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(Value::Number(number)) => Ok(Some(number.to_string())),
+            Some(other) => Err(reject(format!(
+                "profile.{field} must be a string, found {other}"
+            ))),
+        }
+    };
+    let active = match status {
+        "ACTIVE" | "PASSWORD_EXPIRED" | "LOCKED_OUT" | "RECOVERY" => true,
+        "SUSPENDED" => suspended_is_active,
+        _ => false,
+    };
+    let manager_id = text("managerId")?.map(IdpId);
+    let manager_login = if manager_id.is_none() {
+        text("manager")?
+    } else {
+        None
+    };
+    Ok(OktaUser {
+        user: SourceUser {
+            id: IdpId(id.to_owned()),
+            login: text("login")?,
+            email: text("email")?,
+            given_name: text("firstName")?,
+            family_name: text("lastName")?,
+            display_name: text("displayName")?,
+            active,
+            status: Some(status.to_owned()),
+            department: text("department")?,
+            title: text("title")?,
+            employee_id: text("employeeNumber")?,
+            manager_id,
+            manager: None,
+            groups: Vec::new(),
+            attrs: profile,
+        },
+        manager_login,
+    })
+}
+
+/// One `group.user_membership.add/remove` event.
+#[derive(Debug, Clone, PartialEq)]
+struct MembershipChange {
+    user_id: String,
+    group: String,
+    added: bool,
+}
+
+fn membership_change(event: &Value) -> Option<MembershipChange> {
+    let added = match event.get("eventType").and_then(Value::as_str)? {
+        "group.user_membership.add" => true,
+        "group.user_membership.remove" => false,
+        _ => return None,
+    };
+    if event.pointer("/outcome/result").and_then(Value::as_str) == Some("FAILURE") {
+        return None;
+    }
+    let targets = event.get("target")?.as_array()?;
+    let of_type = |kind: &str| {
+        targets
+            .iter()
+            .find(|target| target.get("type").and_then(Value::as_str) == Some(kind))
+    };
+    Some(MembershipChange {
+        user_id: of_type("User")?.get("id")?.as_str()?.to_owned(),
+        group: of_type("UserGroup")?
+            .get("displayName")?
+            .as_str()?
+            .to_owned(),
+        added,
+    })
+}
+
+fn group_names(groups: &Value) -> Vec<String> {
+    groups
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .filter_map(|group| group.pointer("/profile/name").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn empty_read(full: bool) -> SourceRead {
+    SourceRead {
+        kind: SourceKind::Okta,
+        full,
+        users: Vec::new(),
+        removed: Vec::new(),
+        rejected: Vec::new(),
+        warnings: Vec::new(),
+        commit: SourceCommit::default(),
+    }
+}
+
+fn search_path(query: &str) -> String {
+    format!("/api/v1/users?limit={USER_PAGE}&search={}", encode(query))
+}
+
+/// Okta's date format (`YYYY-MM-DDTHH:mm:ss.SSSZ`).
+fn format_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+fn path_segment(text: &str) -> String {
+    encode(text)
+}
+
+/// Escapes a value for a quoted string in an Okta search expression.
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests;

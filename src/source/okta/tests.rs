@@ -1,0 +1,142 @@
+use serde_json::json;
+
+use super::*;
+
+fn okta_user(id: &str, status: &str, profile: Value) -> Value {
+    json!({"id": id, "status": status, "created": "2026-01-01T00:00:00.000Z",
+           "lastUpdated": "2026-01-02T00:00:00.000Z", "profile": profile,
+           "_links": {"self": {"href": format!("https://example.okta.com/api/v1/users/{id}")}}})
+}
+
+#[test]
+fn an_okta_user_becomes_the_common_user_shape() {
+    let raw = okta_user(
+        "00u1",
+        "PASSWORD_EXPIRED",
+        json!({"login": "zoe@example.com", "email": "zoe@example.com", "firstName": "Zoë",
+               "lastName": "Ødegård", "department": "Sales", "title": "Recruiter",
+               "employeeNumber": 1042, "managerId": "00u0", "customerId": "C-1", "mobilePhone": null}),
+    );
+    let user = convert(&raw, false).expect("valid").user;
+    assert_eq!(user.id.0, "00u1");
+    assert_eq!(user.login.as_deref(), Some("zoe@example.com"));
+    assert_eq!(user.given_name.as_deref(), Some("Zoë"));
+    assert_eq!(user.employee_id.as_deref(), Some("1042"));
+    assert_eq!(user.manager_id, Some(IdpId("00u0".into())));
+    assert!(
+        user.active,
+        "PASSWORD_EXPIRED is a credential state, not a leaver"
+    );
+    assert_eq!(user.status.as_deref(), Some("PASSWORD_EXPIRED"));
+    assert_eq!(user.attrs["customerId"], "C-1");
+}
+
+#[test]
+fn statuses_decide_active_and_suspended_follows_the_setting() {
+    for (status, active) in [
+        ("ACTIVE", true),
+        ("LOCKED_OUT", true),
+        ("RECOVERY", true),
+        ("STAGED", false),
+        ("PROVISIONED", false),
+        ("DEPROVISIONED", false),
+        ("SUSPENDED", false),
+    ] {
+        let raw = okta_user("00u1", status, json!({"login": "a@x.com"}));
+        assert_eq!(
+            convert(&raw, false).expect("valid").user.active,
+            active,
+            "{status}"
+        );
+    }
+    let suspended = okta_user("00u1", "SUSPENDED", json!({"login": "a@x.com"}));
+    assert!(convert(&suspended, true).expect("valid").user.active);
+}
+
+#[test]
+fn bad_records_are_rejected_with_their_id() {
+    let no_id = json!({"status": "ACTIVE", "profile": {}});
+    assert_eq!(convert(&no_id, false).expect_err("no id").idp_id, None);
+    let bad_type = okta_user("00u9", "ACTIVE", json!({"login": ["a", "b"]}));
+    let rejected = convert(&bad_type, false).expect_err("login is a list");
+    assert_eq!(rejected.idp_id, Some(IdpId("00u9".into())));
+    assert!(
+        rejected.error.starts_with("profile.login must be a string"),
+        "{}",
+        rejected.error
+    );
+}
+
+#[test]
+fn managers_resolve_by_id_else_by_login() {
+    let users: Vec<OktaUser> = [
+        okta_user(
+            "00u0",
+            "ACTIVE",
+            json!({"login": "Boss@x.com", "email": "boss@x.com"}),
+        ),
+        okta_user(
+            "00u1",
+            "ACTIVE",
+            json!({"login": "a@x.com", "managerId": "00u0"}),
+        ),
+        okta_user(
+            "00u2",
+            "ACTIVE",
+            json!({"login": "b@x.com", "manager": "boss@x.com"}),
+        ),
+        okta_user(
+            "00u3",
+            "ACTIVE",
+            json!({"login": "c@x.com", "managerId": "00uX"}),
+        ),
+    ]
+    .iter()
+    .map(|raw| convert(raw, false).expect("valid"))
+    .collect();
+    let directory = Directory::of(&users);
+    let boss = |index: usize| directory.manager_of(&users[index]).map(|m| m.id.0);
+    assert_eq!(boss(1).as_deref(), Some("00u0"));
+    assert_eq!(boss(2).as_deref(), Some("00u0"));
+    assert_eq!(boss(3), None);
+    assert!(manager_warning(&users[3]).contains("managerId 00uX, which matches nobody"));
+}
+
+#[test]
+fn membership_events_are_read_from_the_system_log_shape() {
+    let event = json!({
+        "uuid": "e1", "published": "2026-11-26T10:00:00.000Z",
+        "eventType": "group.user_membership.add", "outcome": {"result": "SUCCESS"},
+        "target": [
+            {"id": "00u1", "type": "User", "alternateId": "a@x.com", "displayName": "A"},
+            {"id": "00g1", "type": "UserGroup", "alternateId": "unknown", "displayName": "LP Onboarding"}
+        ]
+    });
+    assert_eq!(
+        membership_change(&event),
+        Some(MembershipChange {
+            user_id: "00u1".into(),
+            group: "LP Onboarding".into(),
+            added: true
+        })
+    );
+    let mut failed = event.clone();
+    failed["outcome"]["result"] = json!("FAILURE");
+    assert_eq!(membership_change(&failed), None);
+    let mut other = event;
+    other["eventType"] = json!("user.session.start");
+    assert_eq!(membership_change(&other), None);
+}
+
+#[test]
+fn search_values_are_escaped_and_encoded() {
+    assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+    assert_eq!(
+        search_path("lastUpdated gt \"2026-11-26T10:00:00.000Z\""),
+        "/api/v1/users?limit=200&search=lastUpdated%20gt%20%222026-11-26T10%3A00%3A00.000Z%22"
+    );
+    let time = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+        .expect("time")
+        .with_timezone(&Utc);
+    assert_eq!(format_time(time), "2026-11-26T10:00:00.000Z");
+}
