@@ -13,6 +13,7 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, SourceConfig};
 use crate::mapping::Decision;
 use crate::scim::wire;
 use crate::state::State;
+use crate::status::StatusReport;
 use crate::sync::{self, Mode, Options, Progress, SyncError};
 
 /// Keeps SocialTalent's users in step with Okta or Microsoft Entra ID.
@@ -59,6 +60,8 @@ pub enum OutputFormat {
 pub enum Command {
     /// One reconciliation, then exit.
     Sync(SyncArgs),
+    /// The daemon: runs `sync` on the schedule until SIGTERM/SIGINT (SIGHUP reloads).
+    Run,
     /// Validate the configuration and secrets.
     CheckConfig {
         /// Also authenticate to the source and the target and check the mapping against the
@@ -113,6 +116,8 @@ pub struct Failure {
     pub code: u8,
     /// The message.
     pub message: String,
+    /// Whether it failed because another process holds the state.
+    pub locked: bool,
 }
 
 impl Failure {
@@ -120,6 +125,7 @@ impl Failure {
         Failure {
             code: 2,
             message: message.to_string(),
+            locked: false,
         }
     }
 
@@ -127,6 +133,7 @@ impl Failure {
         Failure {
             code: 1,
             message: message.to_string(),
+            locked: false,
         }
     }
 }
@@ -142,7 +149,11 @@ impl From<SyncError> for Failure {
 
 impl From<crate::state::StateError> for Failure {
     fn from(error: crate::state::StateError) -> Failure {
-        Failure::failed(error)
+        let locked = matches!(error, crate::state::StateError::Locked { .. });
+        Failure {
+            locked,
+            ..Failure::failed(error)
+        }
     }
 }
 
@@ -171,6 +182,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     };
     init_logging(log_format, cli.verbose, cli.quiet);
     let config = config.map_err(Failure::usage)?;
+    let path = config.file.clone();
     for secret in config.secrets() {
         if secret.is_inline() {
             tracing::warn!(
@@ -186,15 +198,48 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     runtime.block_on(async move {
         match cli.command {
             Command::Sync(args) => sync_command(&config, args).await,
+            Command::Run => daemon(path, config).await,
             Command::CheckConfig { connect } => check_config(&config, connect).await,
             Command::Preview {
                 user,
                 apply,
                 output,
             } => preview(&config, &user, apply, output).await,
-            Command::Status { output } => status(&config, output),
+            Command::Status { output } => status(&config, output).await,
         }
     })
+}
+
+async fn daemon(path: PathBuf, config: Config) -> Result<u8, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|error| Failure::failed(format!("cannot watch signals: {error}")))
+    };
+    let mut terminate = listen(SignalKind::terminate())?;
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    let mut hangup = listen(SignalKind::hangup())?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (reload_tx, reload) = tokio::sync::mpsc::unbounded_channel();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => { tracing::info!(message = "SIGTERM received."); on_signal.cancel(); }
+                _ = interrupt.recv() => { tracing::info!(message = "SIGINT received."); on_signal.cancel(); }
+                _ = hangup.recv() => {
+                    tracing::info!(message = "SIGHUP received: reloading the configuration.");
+                    if reload_tx.send(()).is_err() { break; }
+                }
+            }
+        }
+    });
+    crate::daemon::run(path, config, crate::daemon::Signals { shutdown, reload })
+        .await
+        .map_err(|error| match error {
+            crate::daemon::DaemonError::State(state) => Failure::from(state),
+            other => Failure::failed(other),
+        })?;
+    Ok(0)
 }
 
 /// `--config`, else `$SOCIALTALENT_SYNC_CONFIG`, else the system path.
@@ -270,7 +315,15 @@ async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
             }
         }
     };
-    let outcome = sync::run_once(config, state.as_ref(), options, &on_progress).await?;
+    // Ctrl-C stops sending new writes; those in flight finish and are recorded.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_interrupt = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_interrupt.cancel();
+        }
+    });
+    let outcome = sync::run_once(config, state.as_ref(), options, &cancel, &on_progress).await?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -600,8 +653,16 @@ async fn preview(
         max_in_flight: 1,
         quarantine_after: config.safety.failure_quarantine_after,
     };
-    let execution =
-        crate::executor::execute(&client, &state, settings, &single, &known, &|| {}).await;
+    let execution = crate::executor::execute(
+        &client,
+        &state,
+        settings,
+        &single,
+        &known,
+        &tokio_util::sync::CancellationToken::new(),
+        &|| {},
+    )
+    .await;
     state.flush()?;
     match execution.results.first() {
         Some(crate::executor::ActionResult::Failed { error }) => Err(Failure::failed(format!(
@@ -615,106 +676,47 @@ async fn preview(
     }
 }
 
-fn status(config: &Config, output: OutputFormat) -> Result<u8, Failure> {
-    let Some(state) = open_state(config, false)? else {
-        if output == OutputFormat::Json {
-            println!(
-                "{}",
-                pretty(&json!({"state": config.state.path, "initialised": false}))
-            );
-        } else {
-            println!(
-                "No state yet at {} (no sync has run).",
-                config.state.path.display()
-            );
-        }
-        return Ok(0);
+async fn status(config: &Config, output: OutputFormat) -> Result<u8, Failure> {
+    let report = match open_state(config, false) {
+        Ok(None) => StatusReport::uninitialised(&config.state.path),
+        Ok(Some(state)) => StatusReport::of(&state, config.safety.failure_quarantine_after)?,
+        // The daemon holds the state: ask it.
+        Err(failure) if failure.locked => match config.observability.listen {
+            Some(address) => status_from_daemon(address).await.map_err(|error| {
+                Failure::failed(format!(
+                    "{}; asking the running daemon at {address} failed too: {error}",
+                    failure.message
+                ))
+            })?,
+            None => return Err(failure),
+        },
+        Err(failure) => return Err(failure),
     };
-    let snapshot = state.snapshot()?;
-    let runs = state.recent_runs(10)?;
-    let quarantine_after = config.safety.failure_quarantine_after;
-    let active = snapshot.active_count();
-    let deactivated = snapshot.users.len() - active;
-    let failing: Vec<Value> = snapshot
-        .failures
-        .iter()
-        .map(|(idp_id, failure)| {
-            json!({
-                "idp_id": idp_id,
-                "userName": failure.label,
-                "consecutive_failures": failure.consecutive,
-                "quarantined": failure.consecutive >= quarantine_after,
-                "last_error": failure.last_error,
-                "last_failed_at": failure.last_failed_at,
-            })
-        })
-        .collect();
-    let held = runs.first().map(|run| run.held.clone()).unwrap_or_default();
-    let document = json!({
-        "state": state.path(),
-        "initialised": true,
-        "users": {"active": active, "deactivated": deactivated},
-        "last_runs": runs,
-        "held_deactivations": held,
-        "failing_users": failing,
-    });
-    if output == OutputFormat::Json {
-        println!("{}", pretty(&document));
-        return Ok(0);
-    }
-    println!("State: {}", state.path().display());
-    println!("Users: {active} active, {deactivated} deactivated");
-    println!("\nLast runs (newest first):");
-    if runs.is_empty() {
-        println!("  none");
-    }
-    for run in &runs {
-        let s = run.summary;
-        println!(
-            "  {}  {:<6} {} {}: {} read; {} created, {} updated, {} deactivated, {} reactivated, {} held, {} skipped, {} failed{}",
-            run.finished_at,
-            run.outcome,
-            run.source,
-            if run.full { "full" } else { "incremental" },
-            run.users_read,
-            s.create,
-            s.update,
-            s.deactivate,
-            s.reactivate,
-            s.held,
-            s.skipped,
-            s.failed,
-            run.error
-                .as_ref()
-                .map(|e| format!(" — {e}"))
-                .unwrap_or_default(),
-        );
-    }
-    println!("\nHeld deactivations (last run):");
-    if held.is_empty() {
-        println!("  none");
-    }
-    for entry in &held {
-        println!("  {} ({}): {}", entry.user_name, entry.idp_id, entry.reason);
-    }
-    println!("\nFailing users:");
-    if snapshot.failures.is_empty() {
-        println!("  none");
-    }
-    for (idp_id, failure) in &snapshot.failures {
-        println!(
-            "  {} ({idp_id}): {} failed run(s) in a row{} — {}",
-            failure.label,
-            failure.consecutive,
-            if failure.consecutive >= quarantine_after {
-                ", QUARANTINED"
-            } else {
-                ""
-            },
-            failure.last_error
-        );
+    match output {
+        OutputFormat::Json => println!("{}", pretty(&json!(report))),
+        OutputFormat::Text => print!("{}", report.to_text()),
     }
     Ok(0)
+}
+
+async fn status_from_daemon(address: std::net::SocketAddr) -> Result<StatusReport, String> {
+    let url = format!("http://{address}/status");
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .map_err(|error| error.to_string())?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|error| format!("{url}: {error}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    response
+        .json::<StatusReport>()
+        .await
+        .map_err(|error| format!("{url}: {error}"))
 }
 
 fn pretty(value: &Value) -> String {

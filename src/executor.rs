@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{DeactivateWith, UpdateWith};
 use crate::model::{AccountStatus, Attributes, IdpId, UserRecord, attr};
@@ -66,6 +67,7 @@ pub async fn execute(
     settings: WriteSettings,
     plan: &Plan,
     known_scim_ids: &HashMap<String, IdpId>,
+    cancel: &CancellationToken,
     on_done: &(dyn Fn() + Sync),
 ) -> Execution {
     let mut results = vec![ActionResult::NotSent; plan.actions.len()];
@@ -93,6 +95,11 @@ pub async fn execute(
                 let known = Arc::clone(&known);
                 let stopped = &stopped;
                 async move {
+                    if cancel.is_cancelled() {
+                        let mut stopped = lock(stopped);
+                        let reason = stopped.get_or_insert_with(|| "shutting down".to_owned());
+                        return (index, Err(ActionError::NotSent(reason.clone())));
+                    }
                     if let Some(reason) = lock(stopped).clone() {
                         return (index, Err(ActionError::NotSent(reason)));
                     }

@@ -29,13 +29,17 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod executor;
 pub mod mapping;
 pub mod model;
 pub mod net;
+pub mod observability;
 pub mod plan;
 pub mod report;
+pub mod schedule;
 pub mod scim;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod sync;

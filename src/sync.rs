@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{Config, SecretError};
 use crate::executor::{self, ActionResult, WriteSettings};
 use crate::mapping::MappedUser;
@@ -68,6 +70,8 @@ pub struct RunOutcome {
     pub results: Option<Vec<ActionResult>>,
     /// Why the run stopped early, if it did.
     pub stopped: Option<String>,
+    /// What the SCIM client counted (applied runs that sent something).
+    pub stats: Option<ClientStatistics>,
     /// The extension schema payloads are shown with.
     pub extension_schema: String,
 }
@@ -238,6 +242,7 @@ pub async fn run_once(
     config: &Config,
     state: Option<&State>,
     options: Options,
+    cancel: &CancellationToken,
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<RunOutcome, SyncError> {
     let started_at = now_rfc3339();
@@ -274,12 +279,16 @@ pub async fn run_once(
             results: None,
             stopped: None,
             extension_schema,
+            stats: None,
         });
     };
-    let execution = if plan.is_noop() {
+    let mut stats = None;
+    let execution = if plan.is_noop() || cancel.is_cancelled() {
         executor::Execution {
             results: vec![ActionResult::NotSent; plan.actions.len()],
-            stopped: None,
+            stopped: cancel
+                .is_cancelled()
+                .then(|| "shutting down before anything was sent".to_owned()),
         }
     } else {
         let client = scim_client(config)?;
@@ -294,10 +303,12 @@ pub async fn run_once(
             max_in_flight: config.target.max_in_flight,
             quarantine_after: config.safety.failure_quarantine_after,
         };
-        executor::execute(&client, state, settings, &plan, &known, &|| {
+        let execution = executor::execute(&client, state, settings, &plan, &known, cancel, &|| {
             on_progress(Progress::ActionDone);
         })
-        .await
+        .await;
+        stats = Some(ClientStatistics::of(&client));
+        execution
     };
     let outcome = RunOutcome {
         mode: Mode::Apply,
@@ -306,6 +317,7 @@ pub async fn run_once(
         results: Some(execution.results),
         stopped: execution.stopped,
         extension_schema,
+        stats,
     };
     record_run(state, &outcome, &started_at)?;
     // Cursors advance only after the writes are recorded, and not at all when the run held
@@ -315,6 +327,32 @@ pub async fn run_once(
         state.flush()?;
     }
     Ok(outcome)
+}
+
+/// What the SCIM client counted during a run, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClientStatistics {
+    /// Requests sent, retries included.
+    pub requests: u64,
+    /// Retries.
+    pub retries: u64,
+    /// Times a request waited for the rate limiter.
+    pub rate_limit_waits: u64,
+    /// Total time spent waiting for the rate limiter.
+    pub rate_limit_wait: std::time::Duration,
+}
+
+impl ClientStatistics {
+    fn of(client: &ScimClient) -> ClientStatistics {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (rate_limit_waits, rate_limit_wait) = client.limiter().waits();
+        ClientStatistics {
+            requests: client.stats().requests.load(Relaxed),
+            retries: client.stats().retries.load(Relaxed),
+            rate_limit_waits,
+            rate_limit_wait,
+        }
+    }
 }
 
 /// Progress events for a terminal display.

@@ -821,9 +821,19 @@ fn is_loopback(url: &url::Url) -> bool {
 /// # Errors
 /// A message naming the expression and the parser's complaint.
 pub fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
-    let fields = expression.split_whitespace().count();
+    let parts: Vec<&str> = expression.split_whitespace().collect();
+    let fields = parts.len();
     let normalised = match fields {
-        5 => format!("0 {expression}"),
+        // Standard cron counts weekdays 0-7 from Sunday; the cron crate counts 1-7 from Sunday.
+        5 => format!(
+            "0 {} {} {} {} {}",
+            parts[0],
+            parts[1],
+            parts[2],
+            parts[3],
+            standard_weekdays(parts[4])
+                .map_err(|message| { format!("{expression:?}: the weekday field {message}") })?
+        ),
         6 | 7 => expression.to_owned(),
         _ => {
             return Err(format!(
@@ -834,6 +844,67 @@ pub fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
     normalised
         .parse::<cron::Schedule>()
         .map_err(|error| format!("{expression:?} is not a valid cron expression: {error}"))
+}
+
+/// Rewrites a standard cron weekday field (`0`-`7`, Sunday = 0 or 7, names, ranges, steps) as
+/// a list of day names, which means the same to the cron crate.
+fn standard_weekdays(field: &str) -> Result<String, String> {
+    const NAMES: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    if field == "*" || field == "?" {
+        return Ok("*".into());
+    }
+    let day = |text: &str| -> Result<usize, String> {
+        if let Ok(number) = text.parse::<usize>() {
+            return match number {
+                0..=6 => Ok(number),
+                7 => Ok(0),
+                _ => Err(format!("has {number}; weekdays are 0-7 (Sunday is 0 or 7)")),
+            };
+        }
+        NAMES
+            .iter()
+            .position(|name| name.eq_ignore_ascii_case(text))
+            .ok_or_else(|| format!("has {text:?}, which is not a weekday"))
+    };
+    let mut days = [false; 7];
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => (
+                range,
+                step.parse::<usize>()
+                    .ok()
+                    .filter(|step| *step > 0)
+                    .ok_or_else(|| format!("has the step {step:?}"))?,
+            ),
+            None => (item, 1),
+        };
+        let (first, last) = match range {
+            "*" => (0, 6),
+            _ => match range.split_once('-') {
+                Some((a, b)) => {
+                    let first = day(a)?;
+                    // "5-7" runs Friday to Sunday: 7 is the end of the week here.
+                    let last = if b == "7" { 7 } else { day(b)? };
+                    (first, last)
+                }
+                None if item.contains('/') => (day(range)?, 6),
+                None => (day(range)?, day(range)?),
+            },
+        };
+        if last < first {
+            return Err(format!("has the backwards range {range:?}"));
+        }
+        for value in (first..=last).step_by(step) {
+            days[value % 7] = true;
+        }
+    }
+    Ok(NAMES
+        .iter()
+        .zip(days)
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 #[cfg(test)]

@@ -814,3 +814,44 @@ fn a_mapping_without_user_name_is_refused() {
     );
     assert!(error.message.starts_with("is required"), "{error}");
 }
+
+#[test]
+fn standard_cron_weekdays_keep_their_meaning() {
+    use chrono::{Datelike, TimeZone, Weekday};
+    let start = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 26, 0, 0, 0)
+        .single()
+        .expect("date"); // a Thursday
+    let weekdays = |expression: &str| -> Vec<Weekday> {
+        let schedule = parse_cron(expression).expect("valid");
+        schedule
+            .after(&start)
+            .take(7)
+            .map(|time| time.weekday())
+            .collect()
+    };
+    use Weekday::*;
+    assert_eq!(
+        weekdays("0 9 * * 1-5"),
+        vec![Thu, Fri, Mon, Tue, Wed, Thu, Fri]
+    );
+    assert_eq!(weekdays("0 9 * * 0"), vec![Sun; 7]);
+    assert_eq!(weekdays("0 9 * * 7"), vec![Sun; 7]);
+    assert_eq!(
+        weekdays("0 9 * * 5-7"),
+        vec![Fri, Sat, Sun, Fri, Sat, Sun, Fri]
+    );
+    assert_eq!(
+        weekdays("0 9 * * */2"),
+        vec![Thu, Sat, Sun, Tue, Thu, Sat, Sun]
+    );
+    assert_eq!(
+        weekdays("0 9 * * sat,Sun"),
+        vec![Sat, Sun, Sat, Sun, Sat, Sun, Sat]
+    );
+    assert!(
+        parse_cron("0 9 * * 8")
+            .expect_err("no day 8")
+            .contains("weekday field")
+    );
+}

@@ -119,12 +119,7 @@ impl Workspace {
 [target]
 base_url = "{base}"
 token = "${{{TOKEN_VAR}}}"
-requests_per_second = 200.0
-burst = 20
-max_in_flight = 4
-timeout = "10s"
-max_retries = 2
-{target_extra}
+{target}
 
 [state]
 path = "state"
@@ -135,12 +130,36 @@ read_back = false
 {sections}
 {mapping}
 "#,
+            target = self.target_lines(),
             source = self.source,
             base = self.peer.base_url,
-            target_extra = self.target_extra,
             sections = self.sections,
             mapping = self.mapping,
         )
+    }
+
+    /// The `[target]` settings: fast defaults, each replaced by `target_extra` when it sets
+    /// the same key.
+    fn target_lines(&self) -> String {
+        let defaults = [
+            "requests_per_second = 200.0",
+            "burst = 20",
+            "max_in_flight = 4",
+            "timeout = \"10s\"",
+            "max_retries = 2",
+        ];
+        let overridden = |line: &str| {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            self.target_extra
+                .lines()
+                .any(|extra| extra.split('=').next().unwrap_or_default().trim() == key)
+        };
+        let mut lines: Vec<&str> = defaults
+            .into_iter()
+            .filter(|line| !overridden(line))
+            .collect();
+        lines.push(&self.target_extra);
+        lines.join("\n")
     }
 
     /// Runs the binary with `args` (after `--config`), the token in the environment.
@@ -172,6 +191,30 @@ read_back = false
             stdout,
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
+    }
+
+    /// Starts the binary with `args` in the background (for the daemon), the token in the
+    /// environment, stdout and stderr captured to files in the workspace.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::fs::write(self.config_path(), self.config_text()).expect("write config");
+        let log = |name: &str| std::fs::File::create(self.dir.path().join(name)).expect("log file");
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("socialtalent-sync"))
+            .current_dir(self.dir.path())
+            .env(TOKEN_VAR, &self.peer.token)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .stdout(log("daemon.out"))
+            .stderr(log("daemon.err"))
+            .spawn()
+            .expect("spawn")
+    }
+
+    /// What a spawned process wrote to stderr so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
     }
 
     /// `sync --output json`, asserting the exit code.
