@@ -183,30 +183,27 @@ async fn carry_out(
 ) -> Result<Done, ActionError> {
     let extension = client.extension_schema();
     match action.op {
-        Op::Create | Op::Adopt => {
+        Op::Create => {
             let attributes = desired(action)?;
             create_or_adopt(client, state, settings, action, attributes, known).await
+        }
+        Op::Adopt => {
+            // An account found by the read-back: take it over, then update it if it differs.
+            let attributes = desired(action)?;
+            let scim_id = scim_id(action)?;
+            if !action.changes.is_empty() {
+                send_update(client, settings, action, scim_id, attributes).await?;
+            }
+            record_active(state, action, scim_id, attributes)?;
+            Ok((
+                Some("adopted an existing account".into()),
+                Some(scim_id.to_owned()),
+            ))
         }
         Op::Update | Op::Reactivate => {
             let attributes = desired(action)?;
             let scim_id = scim_id(action)?;
-            let reactivate = action.op == Op::Reactivate;
-            let sent = match settings.update_with {
-                UpdateWith::Put => {
-                    client
-                        .replace(scim_id, &wire::user_document(attributes, extension, true))
-                        .await
-                }
-                UpdateWith::Patch => {
-                    let body = wire::patch_document(
-                        &action.changes,
-                        extension,
-                        reactivate.then_some(true),
-                    );
-                    client.patch(scim_id, &body).await
-                }
-            };
-            match sent {
+            match send_update(client, settings, action, scim_id, attributes).await {
                 Ok(()) => {
                     record_active(state, action, scim_id, attributes)?;
                     Ok((None, Some(scim_id.to_owned())))
@@ -242,15 +239,51 @@ async fn carry_out(
                 }
                 Err(error) => return Err(error.into()),
             };
-            let mut record = state.user(&action.idp_id)?.ok_or_else(|| {
-                ActionError::Refused("the state no longer knows this user".into())
-            })?;
-            record.status = AccountStatus::Deactivated;
-            record.updated_at = now_rfc3339();
-            state.record_success(&action.idp_id, &record)?;
+            // Orphans (accounts no IdP user has) have no record to update.
+            if let Some(mut record) = state.user(&action.idp_id)? {
+                record.status = AccountStatus::Deactivated;
+                record.updated_at = now_rfc3339();
+                state.record_success(&action.idp_id, &record)?;
+            }
             Ok((note, Some(scim_id.to_owned())))
         }
         Op::Held | Op::Skip | Op::Writeback => Ok((None, None)),
+    }
+}
+
+/// Sends an update (or a reactivation) the configured way: a `PUT` of the whole document,
+/// keeping what the read-back saw beyond our attributes, or a `PATCH` of the changes.
+async fn send_update(
+    client: &ScimClient,
+    settings: WriteSettings,
+    action: &Action,
+    scim_id: &str,
+    attributes: &Attributes,
+) -> Result<(), ScimError> {
+    let extension = client.extension_schema();
+    match settings.update_with {
+        UpdateWith::Put => {
+            let document = match &action.keep {
+                Some(kept) => wire::user_document_keeping(
+                    attributes,
+                    extension,
+                    true,
+                    &kept.attributes,
+                    &kept.extras,
+                ),
+                None => wire::user_document(attributes, extension, true),
+            };
+            client.replace(scim_id, &document).await
+        }
+        UpdateWith::Patch => {
+            let reactivate = action.op == Op::Reactivate
+                && !action
+                    .changes
+                    .iter()
+                    .any(|change| change.attribute == "active");
+            let body = wire::patch_document(&action.changes, extension, reactivate.then_some(true));
+            client.patch(scim_id, &body).await
+        }
     }
 }
 

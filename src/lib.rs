@@ -43,3 +43,4 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod sync;
+pub mod writeback;

@@ -149,6 +149,8 @@ pub struct MappingSpec {
     pub scope: Option<String>,
     /// Each mapped attribute: its SCIM name, its configuration key, and its rule.
     pub rules: Vec<(String, String, RuleSpec)>,
+    /// `[writeback] value`: a template that sees `user` and `scim` (`id`, `userName`).
+    pub writeback: Option<String>,
 }
 
 /// A rule that does not compile.
@@ -231,7 +233,11 @@ enum CompiledRule<'env> {
 struct Compiled<'env> {
     scope: Option<Expression<'env, 'static>>,
     rules: Vec<(String, CompiledRule<'env>)>,
+    writeback: Option<Template<'env, 'env>>,
 }
+
+/// The configuration key of the write-back template.
+const WRITEBACK_KEY: &str = "writeback.value";
 
 self_cell::self_cell!(
     struct CompiledCell {
@@ -309,6 +315,13 @@ impl Mapper {
             }
             names.push(templates);
         }
+        if let Some(source) = &spec.writeback {
+            env.add_template_owned(WRITEBACK_KEY, source.clone())
+                .map_err(|error| CompileError {
+                    key: WRITEBACK_KEY.into(),
+                    message: format!("template does not compile: {}", describe(&error)),
+                })?;
+        }
         let compiled = CompiledCell::try_new(env, |env| -> Result<Compiled<'_>, CompileError> {
             let expression = |key: String, source: &str| {
                 env.compile_expression_owned(source.to_owned())
@@ -373,7 +386,16 @@ impl Mapper {
                 };
                 rules.push((attribute.clone(), compiled));
             }
-            Ok(Compiled { scope, rules })
+            let writeback = spec
+                .writeback
+                .as_ref()
+                .map(|_| template(WRITEBACK_KEY))
+                .transpose()?;
+            Ok(Compiled {
+                scope,
+                rules,
+                writeback,
+            })
         })?;
         Ok(Mapper {
             compiled,
@@ -438,6 +460,35 @@ impl Mapper {
                     Err(panic) => std::panic::resume_unwind(panic),
                 })
                 .collect()
+        })
+    }
+
+    /// Renders `[writeback] value` for a user whose SocialTalent account is `scim_id`; `None`
+    /// when no write-back is configured.
+    ///
+    /// # Errors
+    /// A [`MappingError`] on `writeback` when the template fails.
+    pub fn render_writeback(
+        &self,
+        user: &Arc<SourceUser>,
+        scim_id: &str,
+        user_name: &str,
+    ) -> Option<Result<String, MappingError>> {
+        self.compiled.with_dependent(|_, compiled| {
+            let template = compiled.writeback.as_ref()?;
+            let context = minijinja::context! {
+                user => JinjaValue::from_object(UserObject::new(Arc::clone(user))),
+                scim => minijinja::context! { id => scim_id, userName => user_name },
+            };
+            Some(
+                template
+                    .render(context)
+                    .map(|value| value.trim().to_owned())
+                    .map_err(|error| MappingError {
+                        attribute: "writeback".into(),
+                        reason: describe(&error),
+                    }),
+            )
         })
     }
 

@@ -223,6 +223,24 @@ pub fn fold_user_name(user_name: &str) -> String {
     user_name.to_lowercase()
 }
 
+/// A SocialTalent account as read back from SCIM, in mapping form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetUser {
+    /// SocialTalent's id.
+    pub id: String,
+    /// `userName`.
+    pub user_name: String,
+    /// `externalId`, when set.
+    pub external_id: Option<String>,
+    /// `active` (absent counts as active, as RFC 7643 leaves it to the provider).
+    pub active: bool,
+    /// Every readable attribute (core, `name.*`, extension) by mapping name; `emails` is the
+    /// primary address.
+    pub attributes: Attributes,
+    /// Other top-level attributes, kept as they are for `PUT`.
+    pub extras: serde_json::Map<String, Value>,
+}
+
 /// Whether a provisioned account is active in SocialTalent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

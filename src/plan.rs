@@ -3,15 +3,16 @@
 //! deactivations. Same inputs, same plan; it never sends, logs or waits. The executor carries
 //! the plan out; `--dry-run` only prints it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::SafetyConfig;
+use crate::config::{DriftPolicy, OrphanPolicy, SafetyConfig};
 use crate::mapping::{Decision, MappedUser};
 use crate::model::{
-    AccountStatus, Attributes, IdpId, Snapshot, SourceRead, attr, fold_user_name, same_value,
+    AccountStatus, Attributes, IdpId, Snapshot, SourceRead, TargetUser, attr, fold_user_name,
+    same_value,
 };
 
 /// What an action does.
@@ -85,6 +86,27 @@ pub struct Action {
     /// Execution wave: managers (wave 0) are created before their reports (wave 1, …).
     #[serde(skip)]
     pub wave: u32,
+    /// What a `PUT` must keep (read-back runs).
+    #[serde(skip)]
+    pub keep: Option<std::sync::Arc<Kept>>,
+}
+
+impl Action {
+    /// An action of `op` with every other field empty.
+    pub fn empty(op: Op) -> Action {
+        Action {
+            op,
+            idp_id: IdpId(String::new()),
+            user_name: String::new(),
+            scim_id: None,
+            attributes: None,
+            changes: Vec::new(),
+            reason: None,
+            error: None,
+            wave: 0,
+            keep: None,
+        }
+    }
 }
 
 /// The whole plan of one run.
@@ -98,6 +120,51 @@ pub struct Plan {
     pub in_scope: usize,
     /// Why deactivations were held, when they were.
     pub held_reason: Option<String>,
+    /// Values changed in SocialTalent since our last push.
+    pub drift: Vec<Drift>,
+    /// Active SocialTalent accounts that no IdP user in scope has.
+    pub orphans: Vec<Orphan>,
+}
+
+/// One attribute changed in SocialTalent since we pushed it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Drift {
+    /// The IdP user.
+    pub idp_id: IdpId,
+    /// The account's userName.
+    #[serde(rename = "userName")]
+    pub user_name: String,
+    /// The attribute (`active` when the account was deactivated in SocialTalent).
+    pub attribute: String,
+    /// What we pushed.
+    pub ours: Value,
+    /// What SocialTalent holds.
+    pub theirs: Value,
+    /// Whether this run repairs it.
+    pub repaired: bool,
+}
+
+/// An active SocialTalent account that no IdP user in scope has.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Orphan {
+    /// SocialTalent's id.
+    pub scim_id: String,
+    /// Its userName.
+    #[serde(rename = "userName")]
+    pub user_name: String,
+    /// Its externalId, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+/// What SocialTalent holds beyond the attributes we manage, kept when an update replaces the
+/// whole account (`PUT`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Kept {
+    /// Readable attributes the mapping does not manage.
+    pub attributes: Attributes,
+    /// Other top-level attributes.
+    pub extras: serde_json::Map<String, Value>,
 }
 
 /// Counts of a plan, as in the report's `summary`.
@@ -135,6 +202,7 @@ impl Plan {
     pub fn summary(&self) -> Summary {
         let mut summary = Summary {
             unchanged: self.unchanged,
+            orphans: self.orphans.len(),
             ..Summary::default()
         };
         for action in &self.actions {
@@ -176,6 +244,30 @@ pub struct Inputs<'a> {
     pub safety: &'a SafetyConfig,
     /// `--allow-deactivations`: release deactivations the limits would hold.
     pub allow_deactivations: bool,
+    /// SocialTalent's accounts, read back (full runs with `[reconcile] read_back`).
+    pub target: Option<&'a [TargetUser]>,
+    /// The attributes the mapping manages: the only ones compared, repaired or cleared.
+    pub managed: &'a [String],
+    /// What to do with drift and orphans.
+    pub reconcile: Reconcile,
+}
+
+/// `[reconcile]`'s policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconcile {
+    /// Drift: repair or report.
+    pub drift: DriftPolicy,
+    /// Orphans: report or deactivate.
+    pub orphans: OrphanPolicy,
+}
+
+impl Default for Reconcile {
+    fn default() -> Self {
+        Reconcile {
+            drift: DriftPolicy::Repair,
+            orphans: OrphanPolicy::Report,
+        }
+    }
 }
 
 /// Builds the plan.
@@ -186,6 +278,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
         state,
         safety,
         allow_deactivations,
+        ..
     } = *inputs;
     let mut plan = Plan::default();
     let mut seen: BTreeSet<&IdpId> = BTreeSet::new();
@@ -193,6 +286,23 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
 
     let mut mapped: Vec<&MappedUser> = mapped.iter().collect();
     mapped.sort_by(|a, b| a.idp_id.cmp(&b.idp_id));
+    let target = inputs.target.map(TargetIndex::of);
+    let mut context = Context {
+        managed: inputs.managed,
+        drift_policy: inputs.reconcile.drift,
+        owners: state
+            .users
+            .iter()
+            .map(|(idp_id, record)| (record.scim_id.as_str(), idp_id))
+            .collect(),
+        known_ids: mapped
+            .iter()
+            .map(|user| &user.idp_id)
+            .chain(state.users.keys())
+            .map(|id| id.0.as_str())
+            .collect(),
+        claimed: HashSet::new(),
+    };
 
     for user in mapped {
         seen.insert(&user.idp_id);
@@ -231,43 +341,39 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                     continue;
                 }
                 let user_name = user_name_of(attributes).unwrap_or(&user.label).to_owned();
-                match record {
-                    None => match missing_for_create(attributes) {
-                        Some(error) => plan.actions.push(skip(user, record, error)),
-                        None => plan.actions.push(Action {
-                            op: Op::Create,
-                            idp_id: user.idp_id.clone(),
-                            user_name,
-                            scim_id: None,
-                            attributes: Some(attributes.clone()),
-                            changes: Vec::new(),
-                            reason: None,
-                            error: None,
-                            wave: 0,
-                        }),
+                let planned = match (record, &target) {
+                    (Some(record), None) => against_state(user, &user_name, record, attributes),
+                    (Some(record), Some(index)) => match index.by_id.get(record.scim_id.as_str()) {
+                        Some(account) => against_account(
+                            user,
+                            &user_name,
+                            record,
+                            account,
+                            attributes,
+                            &mut context,
+                            &mut plan.drift,
+                        ),
+                        None => adopt_or_create(
+                            user,
+                            &user_name,
+                            attributes,
+                            Some(index),
+                            &mut context,
+                            Some("the account had disappeared from SocialTalent"),
+                        ),
                     },
-                    Some(record) => {
-                        let changes = diff(&record.pushed, attributes);
-                        let op = match record.status {
-                            AccountStatus::Deactivated => Op::Reactivate,
-                            AccountStatus::Active if changes.is_empty() => {
-                                plan.unchanged += 1;
-                                continue;
-                            }
-                            AccountStatus::Active => Op::Update,
-                        };
-                        plan.actions.push(Action {
-                            op,
-                            idp_id: user.idp_id.clone(),
-                            user_name,
-                            scim_id: Some(record.scim_id.clone()),
-                            attributes: Some(attributes.clone()),
-                            changes,
-                            reason: (op == Op::Reactivate).then(|| "active again in source".into()),
-                            error: None,
-                            wave: 0,
-                        });
-                    }
+                    (None, index) => adopt_or_create(
+                        user,
+                        &user_name,
+                        attributes,
+                        index.as_ref(),
+                        &mut context,
+                        None,
+                    ),
+                };
+                match planned {
+                    Some(action) => plan.actions.push(action),
+                    None => plan.unchanged += 1,
                 }
             }
             Decision::Inactive | Decision::OutOfScope => {
@@ -301,6 +407,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
             reason: None,
             error: Some(format!("{}: {}", rejected.location, rejected.error)),
             wave: 0,
+            keep: None,
         });
     }
 
@@ -324,6 +431,32 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
         } else if read.full {
             plan.actions
                 .push(deactivation(idp_id, record, "no longer in source"));
+        }
+    }
+
+    if let Some(index) = &target {
+        for account in index.accounts {
+            if !account.active
+                || context.owners.contains_key(account.id.as_str())
+                || context.claimed.contains(account.id.as_str())
+            {
+                continue;
+            }
+            plan.orphans.push(Orphan {
+                scim_id: account.id.clone(),
+                user_name: account.user_name.clone(),
+                external_id: account.external_id.clone(),
+            });
+            if inputs.reconcile.orphans == OrphanPolicy::Deactivate {
+                plan.actions.push(Action {
+                    op: Op::Deactivate,
+                    idp_id: IdpId(String::new()),
+                    user_name: account.user_name.clone(),
+                    scim_id: Some(account.id.clone()),
+                    reason: Some("orphan: no IdP user in scope has this account".into()),
+                    ..Action::empty(Op::Deactivate)
+                });
+            }
         }
     }
 
@@ -375,6 +508,336 @@ pub fn diff(current: &Attributes, desired: &Attributes) -> Vec<Change> {
     changes
 }
 
+/// What the per-user planning shares.
+struct Context<'a> {
+    managed: &'a [String],
+    drift_policy: DriftPolicy,
+    /// SocialTalent id → the IdP user the state gives it to.
+    owners: HashMap<&'a str, &'a IdpId>,
+    /// Every IdP id the run knows (read or in the state).
+    known_ids: HashSet<&'a str>,
+    /// Accounts adopted in this run.
+    claimed: HashSet<String>,
+}
+
+/// SocialTalent's accounts by the keys adoption matches on.
+struct TargetIndex<'a> {
+    accounts: &'a [TargetUser],
+    by_id: HashMap<&'a str, &'a TargetUser>,
+    by_external_id: HashMap<&'a str, Vec<&'a TargetUser>>,
+    by_user_name: HashMap<String, Vec<&'a TargetUser>>,
+    by_email: HashMap<String, Vec<&'a TargetUser>>,
+}
+
+impl<'a> TargetIndex<'a> {
+    fn of(accounts: &'a [TargetUser]) -> TargetIndex<'a> {
+        let mut index = TargetIndex {
+            accounts,
+            by_id: HashMap::new(),
+            by_external_id: HashMap::new(),
+            by_user_name: HashMap::new(),
+            by_email: HashMap::new(),
+        };
+        for account in accounts {
+            index.by_id.insert(account.id.as_str(), account);
+            if let Some(external_id) = &account.external_id {
+                index
+                    .by_external_id
+                    .entry(external_id.as_str())
+                    .or_default()
+                    .push(account);
+            }
+            index
+                .by_user_name
+                .entry(fold_user_name(&account.user_name))
+                .or_default()
+                .push(account);
+            if let Some(email) = account.attributes.get("emails").and_then(Value::as_str) {
+                index
+                    .by_email
+                    .entry(email.to_lowercase())
+                    .or_default()
+                    .push(account);
+            }
+        }
+        index
+    }
+}
+
+/// The plan for a user the state knows, without read-back: compare with what we pushed.
+fn against_state(
+    user: &MappedUser,
+    user_name: &str,
+    record: &crate::model::UserRecord,
+    attributes: &Attributes,
+) -> Option<Action> {
+    let changes = diff(&record.pushed, attributes);
+    let op = match record.status {
+        AccountStatus::Deactivated => Op::Reactivate,
+        AccountStatus::Active if changes.is_empty() => return None,
+        AccountStatus::Active => Op::Update,
+    };
+    Some(Action {
+        op,
+        idp_id: user.idp_id.clone(),
+        user_name: user_name.to_owned(),
+        scim_id: Some(record.scim_id.clone()),
+        attributes: Some(attributes.clone()),
+        changes,
+        reason: (op == Op::Reactivate).then(|| "active again in source".into()),
+        ..Action::empty(op)
+    })
+}
+
+/// The managed part of an account's attributes.
+fn managed_part(attributes: &Attributes, managed: &[String]) -> Attributes {
+    attributes
+        .iter()
+        .filter(|(name, _)| managed.contains(name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+fn kept(account: &TargetUser, managed: &[String]) -> Option<std::sync::Arc<Kept>> {
+    Some(std::sync::Arc::new(Kept {
+        attributes: account
+            .attributes
+            .iter()
+            .filter(|(name, _)| !managed.contains(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+        extras: account.extras.clone(),
+    }))
+}
+
+fn same(attribute: &str, left: Option<&Value>, right: Option<&Value>) -> bool {
+    match (left, right) {
+        (Some(left), Some(right)) => same_value(attribute, left, right),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// The plan for a user the state knows, against what SocialTalent holds: drift is what changed
+/// there since our push; it is repaired or only reported; our own changes always go out.
+fn against_account(
+    user: &MappedUser,
+    user_name: &str,
+    record: &crate::model::UserRecord,
+    account: &TargetUser,
+    attributes: &Attributes,
+    context: &mut Context<'_>,
+    drift: &mut Vec<Drift>,
+) -> Option<Action> {
+    let current = managed_part(&account.attributes, context.managed);
+    let repair = context.drift_policy == DriftPolicy::Repair;
+    let mut drifted = Vec::new();
+    for name in context.managed {
+        let ours = record.pushed.get(name);
+        let theirs = current.get(name);
+        if !same(name, ours, theirs) {
+            drifted.push(name.as_str());
+            drift.push(Drift {
+                idp_id: user.idp_id.clone(),
+                user_name: user_name.to_owned(),
+                attribute: name.clone(),
+                ours: ours.cloned().unwrap_or(Value::Null),
+                theirs: theirs.cloned().unwrap_or(Value::Null),
+                repaired: repair,
+            });
+        }
+    }
+    let deactivated_there = record.status == AccountStatus::Active && !account.active;
+    if deactivated_there {
+        drift.push(Drift {
+            idp_id: user.idp_id.clone(),
+            user_name: user_name.to_owned(),
+            attribute: "active".into(),
+            ours: Value::Bool(true),
+            theirs: Value::Bool(false),
+            repaired: repair,
+        });
+    }
+    let mut changes = diff(&current, attributes);
+    if !repair {
+        // Report only: leave drifted values alone unless our side changed them too.
+        changes.retain(|change| {
+            !drifted.contains(&change.attribute.as_str())
+                || !same(
+                    &change.attribute,
+                    record.pushed.get(&change.attribute),
+                    attributes.get(&change.attribute),
+                )
+        });
+    }
+    let only_drift = !changes.is_empty()
+        && changes
+            .iter()
+            .all(|change| drifted.contains(&change.attribute.as_str()))
+        && changes.iter().all(|change| {
+            same(
+                &change.attribute,
+                record.pushed.get(&change.attribute),
+                attributes.get(&change.attribute),
+            )
+        });
+    let (op, reason) = match record.status {
+        AccountStatus::Deactivated => (Op::Reactivate, Some("active again in source".to_owned())),
+        AccountStatus::Active if deactivated_there && repair => {
+            (Op::Reactivate, Some("drift".to_owned()))
+        }
+        AccountStatus::Active if changes.is_empty() => return None,
+        AccountStatus::Active => (Op::Update, only_drift.then(|| "drift".to_owned())),
+    };
+    Some(Action {
+        op,
+        idp_id: user.idp_id.clone(),
+        user_name: user_name.to_owned(),
+        scim_id: Some(account.id.clone()),
+        attributes: Some(attributes.clone()),
+        changes,
+        reason,
+        keep: kept(account, context.managed),
+        ..Action::empty(op)
+    })
+}
+
+/// Which account a new user should take over, if any.
+enum Match<'a> {
+    One(&'a TargetUser),
+    Ambiguous(&'static str, Vec<&'a TargetUser>),
+    None,
+}
+
+/// Matches a user the state does not know to an existing account: by `externalId`, then
+/// `userName` (any case), then the primary email. Accounts the state gives to someone else, or
+/// already adopted in this run, never match; two candidates on one key are ambiguous.
+fn find_account<'a>(
+    user: &MappedUser,
+    attributes: &Attributes,
+    index: &TargetIndex<'a>,
+    context: &Context<'_>,
+) -> Match<'a> {
+    let usable = |account: &&'a TargetUser| {
+        context
+            .owners
+            .get(account.id.as_str())
+            .is_none_or(|owner| **owner == user.idp_id)
+            && !context.claimed.contains(account.id.as_str())
+    };
+    // An account whose externalId is another known IdP user's belongs to that user.
+    let not_someone_elses = |account: &&'a TargetUser| {
+        account.external_id.as_deref().is_none_or(|external| {
+            external == user.idp_id.0 || !context.known_ids.contains(external)
+        })
+    };
+    let keys: [(&'static str, Option<&Vec<&'a TargetUser>>); 3] = [
+        (
+            "externalId",
+            index.by_external_id.get(user.idp_id.0.as_str()),
+        ),
+        (
+            "userName",
+            user_name_of(attributes).and_then(|name| index.by_user_name.get(&fold_user_name(name))),
+        ),
+        (
+            "email",
+            attributes
+                .get("emails")
+                .and_then(Value::as_str)
+                .and_then(|email| index.by_email.get(&email.to_lowercase())),
+        ),
+    ];
+    for (key, candidates) in keys {
+        let candidates: Vec<&TargetUser> = candidates
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(usable)
+            .filter(not_someone_elses)
+            .collect();
+        match candidates.len() {
+            0 => continue,
+            1 => return Match::One(candidates[0]),
+            _ => return Match::Ambiguous(key, candidates),
+        }
+    }
+    Match::None
+}
+
+/// The plan for a user without an account we know: adopt a matching one, else create.
+fn adopt_or_create(
+    user: &MappedUser,
+    user_name: &str,
+    attributes: &Attributes,
+    index: Option<&TargetIndex<'_>>,
+    context: &mut Context<'_>,
+    reason: Option<&str>,
+) -> Option<Action> {
+    let found = match index {
+        Some(index) => find_account(user, attributes, index, context),
+        None => Match::None,
+    };
+    match found {
+        Match::One(account) => {
+            context.claimed.insert(account.id.clone());
+            let current = managed_part(&account.attributes, context.managed);
+            let mut changes = diff(&current, attributes);
+            if !account.active {
+                changes.push(Change {
+                    attribute: "active".into(),
+                    from: Value::Bool(false),
+                    to: Value::Bool(true),
+                });
+            }
+            Some(Action {
+                op: Op::Adopt,
+                idp_id: user.idp_id.clone(),
+                user_name: user_name.to_owned(),
+                scim_id: Some(account.id.clone()),
+                attributes: Some(attributes.clone()),
+                changes,
+                reason: reason.map(str::to_owned),
+                keep: kept(account, context.managed),
+                ..Action::empty(Op::Adopt)
+            })
+        }
+        Match::Ambiguous(key, candidates) => {
+            let ids: Vec<String> = candidates
+                .iter()
+                .map(|account| format!("{} ({})", account.id, account.user_name))
+                .collect();
+            Some(Action {
+                op: Op::Skip,
+                idp_id: user.idp_id.clone(),
+                user_name: user_name.to_owned(),
+                error: Some(format!(
+                    "ambiguous: SocialTalent accounts {} all match by {key}; resolve by hand (not guessed)",
+                    ids.join(", ")
+                )),
+                ..Action::empty(Op::Skip)
+            })
+        }
+        Match::None => Some(match missing_for_create(attributes) {
+            Some(error) => Action {
+                op: Op::Skip,
+                idp_id: user.idp_id.clone(),
+                user_name: user_name.to_owned(),
+                error: Some(error),
+                ..Action::empty(Op::Skip)
+            },
+            None => Action {
+                op: Op::Create,
+                idp_id: user.idp_id.clone(),
+                user_name: user_name.to_owned(),
+                attributes: Some(attributes.clone()),
+                reason: reason.map(str::to_owned),
+                ..Action::empty(Op::Create)
+            },
+        }),
+    }
+}
+
 /// The create-only rules: `coreTeam` and `role` are mandatory (SPEC §2).
 fn missing_for_create(attributes: &Attributes) -> Option<String> {
     [attr::CORE_TEAM, attr::ROLE]
@@ -403,6 +866,7 @@ fn skip(user: &MappedUser, record: Option<&crate::model::UserRecord>, error: Str
         reason: None,
         error: Some(error),
         wave: 0,
+        keep: None,
     }
 }
 
@@ -417,6 +881,7 @@ fn deactivation(idp_id: &IdpId, record: &crate::model::UserRecord, reason: &str)
         reason: Some(reason.to_owned()),
         error: None,
         wave: 0,
+        keep: None,
     }
 }
 

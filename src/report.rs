@@ -37,7 +37,8 @@ pub fn to_json(outcome: &RunOutcome) -> Value {
         },
         "summary": summary,
         "actions": actions,
-        "orphans": [],
+        "orphans": outcome.plan.orphans,
+        "drift": outcome.plan.drift,
     });
     if let Some(object) = report.as_object_mut() {
         if !outcome.read.warnings.is_empty() {
@@ -116,16 +117,42 @@ pub fn to_text(outcome: &RunOutcome) -> String {
     if outcome.plan.actions.is_empty() {
         out.push_str("  No changes. SocialTalent matches the source.\n");
     }
+    if !outcome.plan.drift.is_empty() {
+        out.push_str("\n  Drift (changed in SocialTalent since our last push):\n");
+        for drift in &outcome.plan.drift {
+            let _ = writeln!(
+                out,
+                "    {} ({}) {}: ours {}, SocialTalent {}{}",
+                drift.user_name,
+                drift.idp_id,
+                drift.attribute,
+                show(&drift.ours),
+                show(&drift.theirs),
+                if drift.repaired {
+                    " — repaired"
+                } else {
+                    " — reported only"
+                }
+            );
+        }
+    }
+    if !outcome.plan.orphans.is_empty() {
+        out.push_str("\n  Orphans (active SocialTalent accounts no IdP user in scope has):\n");
+        for orphan in &outcome.plan.orphans {
+            let _ = writeln!(out, "    {} ({})", orphan.user_name, orphan.scim_id);
+        }
+    }
     let mut summary = outcome.plan.summary();
     summary.failed = outcome.failed();
     let _ = write!(
         out,
-        "\n{}: {} to create, {} to update, {} to reactivate, {} to deactivate, {} held, {} skipped, {} unchanged",
+        "\n{}: {} to create, {} to adopt, {} to update, {} to reactivate, {} to deactivate, {} held, {} skipped, {} unchanged",
         match outcome.mode {
             Mode::DryRun => "Plan",
             Mode::Apply => "Done",
         },
         summary.create,
+        summary.adopted,
         summary.update,
         summary.reactivate,
         summary.deactivate,

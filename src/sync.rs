@@ -138,16 +138,32 @@ pub async fn plan_run(
     if let (false, Some(state)) = (read.full, state) {
         retry_failing_users(&mut read, &snapshot, state)?;
     }
-    let mapper = Arc::clone(&config.mapping);
-    let safety = config.safety.clone();
+    // Full runs read SocialTalent back (adoption, drift, orphans).
+    let target = if read.full && config.reconcile.read_back {
+        let client = scim_client(config)?;
+        let accounts = client
+            .read_all(
+                config.reconcile.page_size as usize,
+                config.target.max_in_flight,
+            )
+            .await?;
+        tracing::info!(
+            message = "Read SocialTalent back.",
+            accounts = accounts.len()
+        );
+        Some(accounts)
+    } else {
+        None
+    };
+    let config = Arc::new(config.clone());
     let allow = options.allow_deactivations;
     // Mapping 100,000 users is CPU work: keep it off the async workers.
-    tokio::task::spawn_blocking(move || plan_with(&mapper, &safety, read, snapshot, allow))
+    tokio::task::spawn_blocking(move || plan_with(&config, read, snapshot, target, allow))
         .await
         .map_err(|error| SyncError::Internal(format!("the planning task failed: {error}")))
 }
 
-/// Maps and plans a read that is already in hand (for `preview`).
+/// Maps and plans a read that is already in hand (for `preview`), without read-back.
 ///
 /// # Errors
 /// [`SyncError::State`] when the state cannot be read.
@@ -161,36 +177,139 @@ pub fn plan_read(
         Some(state) => state.snapshot()?,
         None => Snapshot::default(),
     };
-    Ok(plan_with(
-        &config.mapping,
-        &config.safety,
-        read,
-        snapshot,
-        allow_deactivations,
-    ))
+    Ok(plan_with(config, read, snapshot, None, allow_deactivations))
 }
 
 fn plan_with(
-    mapper: &crate::mapping::Mapper,
-    safety: &crate::config::SafetyConfig,
+    config: &Config,
     read: SourceRead,
     snapshot: Snapshot,
+    target: Option<Vec<crate::model::TargetUser>>,
     allow_deactivations: bool,
 ) -> Planned {
-    let mapped = mapper.map_all(&read.users);
-    let plan = plan::build(&plan::Inputs {
+    let mapped = config.mapping.map_all(&read.users);
+    let managed = config.mapping.attributes();
+    let mut plan = plan::build(&plan::Inputs {
         read: &read,
         mapped: &mapped,
         state: &snapshot,
-        safety,
+        safety: &config.safety,
         allow_deactivations,
+        target: target.as_deref(),
+        managed: &managed,
+        reconcile: plan::Reconcile {
+            drift: config.reconcile.drift,
+            orphans: config.reconcile.orphans,
+        },
     });
+    if let Some(writeback) = &config.writeback {
+        let mut accounts = active_accounts(&snapshot);
+        for action in &plan.actions {
+            if let (Op::Adopt | Op::Update | Op::Reactivate, Some(scim_id)) =
+                (action.op, &action.scim_id)
+            {
+                accounts.insert(
+                    action.idp_id.clone(),
+                    (scim_id.clone(), action.user_name.clone()),
+                );
+            }
+        }
+        let pending: Vec<&IdpId> = plan
+            .actions
+            .iter()
+            .filter(|action| action.op == Op::Create)
+            .map(|action| &action.idp_id)
+            .collect();
+        for idp_id in &pending {
+            accounts.remove(*idp_id);
+        }
+        let writebacks = crate::writeback::plan(
+            &config.mapping,
+            &writeback.attribute,
+            &mapped,
+            &read.users,
+            &accounts,
+            &pending,
+        );
+        plan.actions.extend(writebacks);
+    }
     Planned {
         read,
         mapped,
         snapshot,
         plan,
     }
+}
+
+/// Each active provisioned user's SocialTalent account (id, userName).
+fn active_accounts(snapshot: &Snapshot) -> HashMap<IdpId, (String, String)> {
+    snapshot
+        .users
+        .iter()
+        .filter(|(_, record)| record.status == crate::model::AccountStatus::Active)
+        .map(|(idp_id, record)| {
+            (
+                idp_id.clone(),
+                (record.scim_id.clone(), record.user_name.clone()),
+            )
+        })
+        .collect()
+}
+
+/// Sets the IdP attribute of every provisioned user whose account is now known and whose
+/// attribute differs; returns the actions with their results.
+async fn write_back(
+    config: &Config,
+    state: &State,
+    mapped: &[crate::mapping::MappedUser],
+    read: &SourceRead,
+) -> Result<Vec<(plan::Action, ActionResult)>, StateError> {
+    let Some(writeback) = &config.writeback else {
+        return Ok(Vec::new());
+    };
+    let accounts = active_accounts(&state.snapshot()?);
+    let actions = crate::writeback::plan(
+        &config.mapping,
+        &writeback.attribute,
+        mapped,
+        &read.users,
+        &accounts,
+        &[],
+    );
+    if actions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let writer = source::Writer::new(&config.source).map_err(|error| error.to_string());
+    let mut done = Vec::with_capacity(actions.len());
+    for action in actions {
+        let value = action
+            .changes
+            .first()
+            .and_then(|change| change.to.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let result = match (&writer, &action.error) {
+            (_, Some(error)) => Err(error.clone()),
+            (Err(error), None) => Err(error.clone()),
+            (Ok(writer), None) => {
+                writer
+                    .write(&action.idp_id, &writeback.attribute, &value)
+                    .await
+            }
+        };
+        let result = match result {
+            Ok(()) => ActionResult::Ok {
+                note: None,
+                scim_id: action.scim_id.clone(),
+            },
+            Err(error) => {
+                tracing::warn!(message = "Write-back failed; retried next run.", idp_id = %action.idp_id, %error);
+                ActionResult::Failed { error }
+            }
+        };
+        done.push((action, result));
+    }
+    Ok(done)
 }
 
 /// An incremental read only returns what changed; users whose writes failed last time are
@@ -267,8 +386,8 @@ pub async fn run_once(
     let Planned {
         read,
         snapshot,
-        plan,
-        ..
+        mut plan,
+        mapped,
     } = planned;
     let extension_schema = config.target.extension_schema.clone();
     let (Mode::Apply, Some(state)) = (options.mode, state) else {
@@ -282,6 +401,10 @@ pub async fn run_once(
             stats: None,
         });
     };
+    // Write-backs are planned again once the writes are done (new accounts have ids then).
+    if config.writeback.is_some() {
+        plan.actions.retain(|action| action.op != Op::Writeback);
+    }
     let mut stats = None;
     let execution = if plan.is_noop() || cancel.is_cancelled() {
         executor::Execution {
@@ -310,11 +433,18 @@ pub async fn run_once(
         stats = Some(ClientStatistics::of(&client));
         execution
     };
+    let mut results = execution.results;
+    if execution.stopped.is_none() {
+        for (action, result) in write_back(config, state, &mapped, &read).await? {
+            plan.actions.push(action);
+            results.push(result);
+        }
+    }
     let outcome = RunOutcome {
         mode: Mode::Apply,
         read,
         plan,
-        results: Some(execution.results),
+        results: Some(results),
         stopped: execution.stopped,
         extension_schema,
         stats,

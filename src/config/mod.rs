@@ -384,7 +384,17 @@ impl Validator<'_> {
             })
             .transpose()?;
         let observability = self.observability(raw.observability)?;
-        let mapping = self.mapping(raw.scope, raw.mapping)?;
+        if writeback.is_some() && matches!(source, SourceConfig::File(_)) {
+            return Err(self.error(
+                "writeback",
+                "write-back needs an okta or entra source (the file source cannot be written to)",
+            ));
+        }
+        let mapping = self.mapping(
+            raw.scope,
+            raw.mapping,
+            writeback.as_ref().map(|w| w.value.clone()),
+        )?;
         Ok(Config {
             file: self.file.to_owned(),
             source,
@@ -709,6 +719,7 @@ impl Validator<'_> {
         &self,
         scope: raw::RawScope,
         mapping: raw::RawMapping,
+        writeback: Option<String>,
     ) -> Result<crate::mapping::Mapper, ConfigError> {
         let mut rules = Vec::new();
         for (name, value) in mapping {
@@ -743,6 +754,7 @@ impl Validator<'_> {
         let spec = MappingSpec {
             scope: scope.when,
             rules,
+            writeback,
         };
         crate::mapping::Mapper::compile(&spec).map_err(|error| {
             let location = raw::locate_key(self.text, &error.key);

@@ -46,6 +46,7 @@ fn mapper(scope: Option<&str>, rules: &[(&str, &str)]) -> Mapper {
             .iter()
             .map(|(name, text)| ((*name).to_owned(), format!("mapping.{name}"), rule(text)))
             .collect(),
+        writeback: None,
     };
     Mapper::compile(&spec).expect("compiles")
 }
@@ -270,6 +271,7 @@ fn a_runtime_template_error_names_the_attribute() {
 #[test]
 fn compile_errors_name_the_configuration_key() {
     let spec = MappingSpec {
+        writeback: None,
         scope: None,
         rules: vec![(
             "role".into(),
@@ -286,6 +288,7 @@ fn compile_errors_name_the_configuration_key() {
     );
 
     let spec = MappingSpec {
+        writeback: None,
         scope: None,
         rules: vec![(
             "title".into(),

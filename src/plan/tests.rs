@@ -100,6 +100,9 @@ fn plan_of(read: &SourceRead, mapped: &[MappedUser], state: &Snapshot) -> Plan {
         state,
         safety: &safety(),
         allow_deactivations: false,
+        target: None,
+        managed: &[],
+        reconcile: Reconcile::default(),
     })
 }
 
@@ -241,6 +244,9 @@ fn leavers_are_deactivated_with_a_reason() {
             ..safety()
         },
         allow_deactivations: false,
+        target: None,
+        managed: &[],
+        reconcile: Reconcile::default(),
     });
     let reasons: Vec<_> = plan
         .actions
@@ -321,6 +327,9 @@ fn too_many_deactivations_are_all_held() {
         state: &state,
         safety: &safety(),
         allow_deactivations: true,
+        target: None,
+        managed: &[],
+        reconcile: Reconcile::default(),
     });
     assert_eq!(released.summary().deactivate, 3);
     assert_eq!(released.summary().held, 0);
@@ -341,6 +350,9 @@ fn the_percentage_allows_more_when_it_is_larger() {
             ..safety()
         },
         allow_deactivations: false,
+        target: None,
+        managed: &[],
+        reconcile: Reconcile::default(),
     });
     assert_eq!(plan.summary().deactivate, 5);
     assert_eq!(plan.summary().held, 0);
@@ -520,9 +532,9 @@ proptest! {
         let mut state = Snapshot::default();
         for mapped in [&first, &second] {
             let read = full_read(mapped);
-            let plan = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false });
+            let plan = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
             apply(&plan, &mut state);
-            let again = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false });
+            let again = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
             prop_assert!(again.is_noop(), "second plan: {:?}", again.actions);
         }
     }
@@ -532,14 +544,14 @@ proptest! {
         let relaxed = SafetyConfig { max_deactivations: 1000, ..safety() };
         let mut state = Snapshot::default();
         let read = full_read(&mapped);
-        let plan = build(&Inputs { read: &read, mapped: &mapped, state: &state, safety: &relaxed, allow_deactivations: false });
+        let plan = build(&Inputs { read: &read, mapped: &mapped, state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
         apply(&plan, &mut state);
         let empty = full_read(&[]);
-        let plan = build(&Inputs { read: &empty, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false });
+        let plan = build(&Inputs { read: &empty, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
         prop_assert_eq!(plan.summary().deactivate, 0);
         let mut incremental = full_read(&[]);
         incremental.full = false;
-        let plan = build(&Inputs { read: &incremental, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false });
+        let plan = build(&Inputs { read: &incremental, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
         prop_assert!(plan.actions.is_empty());
     }
 
@@ -558,4 +570,359 @@ proptest! {
         }
         prop_assert_eq!(plan, plan_of(&read, &shuffled, &state));
     }
+}
+
+const MANAGED: [&str; 5] = [
+    "userName",
+    "externalId",
+    "coreTeam",
+    "role",
+    "learningPaths",
+];
+
+fn managed() -> Vec<String> {
+    MANAGED.iter().map(|name| (*name).to_owned()).collect()
+}
+
+fn account(id: &str, user_name: &str, external_id: Option<&str>, attributes: Value) -> TargetUser {
+    let mut attributes: Attributes = serde_json::from_value(attributes).expect("attributes");
+    attributes.insert("userName".into(), json!(user_name));
+    if let Some(external_id) = external_id {
+        attributes.insert("externalId".into(), json!(external_id));
+    }
+    TargetUser {
+        id: id.into(),
+        user_name: user_name.into(),
+        external_id: external_id.map(str::to_owned),
+        active: true,
+        attributes,
+        extras: serde_json::Map::new(),
+    }
+}
+
+fn with_target(
+    mapped: &[MappedUser],
+    state: &Snapshot,
+    accounts: &[TargetUser],
+    reconcile: Reconcile,
+) -> Plan {
+    let managed = managed();
+    build(&Inputs {
+        read: &full_read(mapped),
+        mapped,
+        state,
+        safety: &SafetyConfig {
+            max_deactivations: 100,
+            ..safety()
+        },
+        allow_deactivations: false,
+        target: Some(accounts),
+        managed: &managed,
+        reconcile,
+    })
+}
+
+fn desired(user_name: &str, id: &str) -> Attributes {
+    let mut attributes = attrs(user_name, "Sales");
+    attributes.insert("externalId".into(), json!(id));
+    attributes
+}
+
+#[test]
+fn existing_accounts_are_adopted_by_external_id_then_user_name_then_email() {
+    let mut by_email = desired("c@x.com", "c");
+    by_email.insert("emails".into(), json!("C.Mail@x.com"));
+    let mapped = vec![
+        provisioned("a", desired("a@x.com", "a")),
+        provisioned("b", desired("b@x.com", "b")),
+        provisioned("c", by_email),
+        provisioned("d", desired("d@x.com", "d")),
+    ];
+    let accounts = vec![
+        account(
+            "s-a",
+            "old-login-a@x.com",
+            Some("a"),
+            json!({"coreTeam": "Sales", "role": "user", "learningPaths": ["A", "B"]}),
+        ),
+        account(
+            "s-b",
+            "B@X.com",
+            None,
+            json!({"coreTeam": "Sales", "role": "user", "learningPaths": ["A", "B"]}),
+        ),
+        account(
+            "s-c",
+            "someone@x.com",
+            Some("legacy-42"),
+            json!({"emails": "c.mail@x.com", "coreTeam": "Sales"}),
+        ),
+    ];
+    let plan = with_target(
+        &mapped,
+        &Snapshot::default(),
+        &accounts,
+        Reconcile::default(),
+    );
+    assert_eq!(
+        ops(&plan),
+        vec![
+            (Op::Create, "d"),
+            (Op::Adopt, "a"),
+            (Op::Adopt, "b"),
+            (Op::Adopt, "c")
+        ]
+    );
+    let adopted: Vec<_> = plan.actions.iter().filter(|a| a.op == Op::Adopt).collect();
+    assert_eq!(adopted[0].scim_id.as_deref(), Some("s-a"));
+    assert_eq!(
+        adopted[0]
+            .changes
+            .iter()
+            .map(|c| c.attribute.as_str())
+            .collect::<Vec<_>>(),
+        vec!["userName"]
+    );
+    assert!(
+        adopted[1]
+            .changes
+            .iter()
+            .all(|c| c.attribute == "externalId"),
+        "{:?}",
+        adopted[1].changes
+    );
+    assert_eq!(adopted[2].scim_id.as_deref(), Some("s-c"));
+    assert_eq!(plan.summary().adopted, 3);
+    assert!(plan.orphans.is_empty());
+}
+
+#[test]
+fn two_candidates_on_one_key_are_reported_and_skipped() {
+    let mapped = vec![provisioned("a", desired("a@x.com", "a"))];
+    let accounts = vec![
+        account("s-1", "A@x.com", None, json!({})),
+        account("s-2", "a@X.COM", None, json!({})),
+    ];
+    let plan = with_target(
+        &mapped,
+        &Snapshot::default(),
+        &accounts,
+        Reconcile::default(),
+    );
+    assert_eq!(ops(&plan), vec![(Op::Skip, "a")]);
+    let error = plan.actions[0].error.as_deref().expect("error");
+    assert!(
+        error.starts_with("ambiguous: SocialTalent accounts s-1"),
+        "{error}"
+    );
+    assert!(error.contains("by userName"), "{error}");
+}
+
+#[test]
+fn an_account_another_idp_user_owns_is_never_adopted() {
+    let mut state = Snapshot::default();
+    state.users.insert(
+        IdpId("b".into()),
+        record(&desired("b@x.com", "b"), AccountStatus::Active),
+    );
+    let mapped = vec![
+        provisioned("a", desired("b@x.com", "a")),
+        provisioned("b", desired("b@x.com", "b")),
+    ];
+    let accounts = vec![account(
+        "scim-b@x.com",
+        "b@x.com",
+        Some("b"),
+        json!({"coreTeam": "Sales", "role": "user", "learningPaths": ["A", "B"]}),
+    )];
+    let plan = with_target(&mapped, &state, &accounts, Reconcile::default());
+    // The userName conflict is caught first; no adoption of b's account either way.
+    assert!(
+        plan.actions.iter().all(|a| a.op != Op::Adopt),
+        "{:?}",
+        ops(&plan)
+    );
+}
+
+#[test]
+fn drift_is_repaired_or_reported_and_unmanaged_values_are_kept() {
+    let ours = desired("a@x.com", "a");
+    let mut state = Snapshot::default();
+    state
+        .users
+        .insert(IdpId("a".into()), record(&ours, AccountStatus::Active));
+    let mut theirs = account(
+        "scim-a@x.com",
+        "a@x.com",
+        Some("a"),
+        json!({"coreTeam": "Marketing", "role": "user", "learningPaths": ["A", "B"], "udf_location": "Paris"}),
+    );
+    theirs
+        .extras
+        .insert("addresses".into(), json!([{"locality": "Paris"}]));
+    let mapped = vec![provisioned("a", ours.clone())];
+
+    let repaired = with_target(
+        &mapped,
+        &state,
+        std::slice::from_ref(&theirs),
+        Reconcile::default(),
+    );
+    assert_eq!(ops(&repaired), vec![(Op::Update, "a")]);
+    let update = &repaired.actions[0];
+    assert_eq!(update.reason.as_deref(), Some("drift"));
+    assert_eq!(
+        update.changes,
+        vec![Change {
+            attribute: "coreTeam".into(),
+            from: json!("Marketing"),
+            to: json!("Sales")
+        }]
+    );
+    let kept = update.keep.as_ref().expect("kept");
+    assert_eq!(
+        kept.attributes.get("udf_location"),
+        Some(&json!("Paris")),
+        "unmanaged values stay"
+    );
+    assert_eq!(kept.extras["addresses"], json!([{"locality": "Paris"}]));
+    assert_eq!(repaired.summary().drift_repaired, 1);
+    assert_eq!(repaired.drift.len(), 1);
+    assert_eq!(
+        (
+            repaired.drift[0].ours.clone(),
+            repaired.drift[0].theirs.clone()
+        ),
+        (json!("Sales"), json!("Marketing"))
+    );
+
+    let reported = with_target(
+        &mapped,
+        &state,
+        std::slice::from_ref(&theirs),
+        Reconcile {
+            drift: DriftPolicy::Report,
+            ..Reconcile::default()
+        },
+    );
+    assert!(reported.actions.is_empty(), "{:?}", reported.actions);
+    assert!(!reported.drift[0].repaired);
+
+    // In report mode our own change still goes out, and the drifted value is left alone.
+    let mut changed = ours;
+    changed.insert("role".into(), json!("advisor"));
+    let mapped = vec![provisioned("a", changed)];
+    let reported = with_target(
+        &mapped,
+        &state,
+        std::slice::from_ref(&theirs),
+        Reconcile {
+            drift: DriftPolicy::Report,
+            ..Reconcile::default()
+        },
+    );
+    assert_eq!(
+        reported.actions[0]
+            .changes
+            .iter()
+            .map(|c| c.attribute.as_str())
+            .collect::<Vec<_>>(),
+        vec!["role"]
+    );
+}
+
+#[test]
+fn an_account_deactivated_in_socialtalent_is_drift() {
+    let ours = desired("a@x.com", "a");
+    let mut state = Snapshot::default();
+    state
+        .users
+        .insert(IdpId("a".into()), record(&ours, AccountStatus::Active));
+    let mut theirs = account(
+        "scim-a@x.com",
+        "a@x.com",
+        Some("a"),
+        json!({"coreTeam": "Sales", "role": "user", "learningPaths": ["A", "B"]}),
+    );
+    theirs.active = false;
+    let plan = with_target(
+        &[provisioned("a", ours)],
+        &state,
+        &[theirs],
+        Reconcile::default(),
+    );
+    assert_eq!(ops(&plan), vec![(Op::Reactivate, "a")]);
+    assert_eq!(plan.drift[0].attribute, "active");
+}
+
+#[test]
+fn orphans_are_reported_or_deactivated_within_the_limits() {
+    let mapped = vec![provisioned("a", desired("a@x.com", "a"))];
+    let mut accounts: Vec<TargetUser> = (0..3)
+        .map(|i| {
+            account(
+                &format!("s-{i}"),
+                &format!("gone{i}@x.com"),
+                None,
+                json!({}),
+            )
+        })
+        .collect();
+    accounts[2].active = false;
+    let plan = with_target(
+        &mapped,
+        &Snapshot::default(),
+        &accounts,
+        Reconcile::default(),
+    );
+    assert_eq!(
+        plan.orphans
+            .iter()
+            .map(|o| o.scim_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["s-0", "s-1"]
+    );
+    assert_eq!(plan.summary().orphans, 2);
+    assert_eq!(plan.summary().deactivate, 0);
+
+    let deactivate = Reconcile {
+        orphans: OrphanPolicy::Deactivate,
+        ..Reconcile::default()
+    };
+    let plan = with_target(&mapped, &Snapshot::default(), &accounts, deactivate);
+    assert_eq!(plan.summary().deactivate, 2);
+    let managed = managed();
+    let strict = build(&Inputs {
+        read: &full_read(&mapped),
+        mapped: &mapped,
+        state: &Snapshot::default(),
+        safety: &SafetyConfig {
+            max_deactivations: 1,
+            ..safety()
+        },
+        allow_deactivations: false,
+        target: Some(&accounts),
+        managed: &managed,
+        reconcile: deactivate,
+    });
+    assert_eq!(
+        strict.summary().held,
+        2,
+        "orphan deactivations count toward the limits"
+    );
+}
+
+#[test]
+fn an_account_deleted_in_socialtalent_is_created_again() {
+    let ours = desired("a@x.com", "a");
+    let mut state = Snapshot::default();
+    state
+        .users
+        .insert(IdpId("a".into()), record(&ours, AccountStatus::Active));
+    let plan = with_target(&[provisioned("a", ours)], &state, &[], Reconcile::default());
+    assert_eq!(ops(&plan), vec![(Op::Create, "a")]);
+    assert_eq!(
+        plan.actions[0].reason.as_deref(),
+        Some("the account had disappeared from SocialTalent")
+    );
 }

@@ -246,6 +246,46 @@ impl ScimClient {
         self.parse_list(&body, "GET /Users")
     }
 
+    /// Every account, through paged `GET /Users` (`startIndex`, `count`): the first page tells
+    /// the total and the server's real page size, the rest are fetched `max_in_flight` at a
+    /// time through the limiter.
+    ///
+    /// # Errors
+    /// Any [`ScimError`]; [`ScimError::InvalidResponse`] when the pages do not add up to the
+    /// total (the list changed while it was read, or the server pages inconsistently).
+    pub async fn read_all(
+        &self,
+        page_size: usize,
+        max_in_flight: usize,
+    ) -> Result<Vec<TargetUser>, ScimError> {
+        use futures::StreamExt;
+        let first = self.list_users(1, page_size).await?;
+        let total = first.total_results;
+        let step = first.users.len();
+        let mut users = first.users;
+        if step > 0 && users.len() < total {
+            let starts: Vec<usize> = (1 + step..=total).step_by(step).collect();
+            let mut pages = futures::stream::iter(starts)
+                .map(|start| self.list_users(start, step))
+                .buffered(max_in_flight.max(1));
+            while let Some(page) = pages.next().await {
+                users.extend(page?.users);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        users.retain(|user| seen.insert(user.id.clone()));
+        if users.len() != total {
+            return Err(ScimError::InvalidResponse {
+                context: "GET /Users (read-back)".into(),
+                message: format!(
+                    "the pages hold {} accounts but totalResults says {total}; the list changed while it was read, or the server pages inconsistently",
+                    users.len()
+                ),
+            });
+        }
+        Ok(users)
+    }
+
     /// `GET {path}` as JSON, or `None` on 404 (for `/ServiceProviderConfig` and `/Schemas`).
     ///
     /// # Errors

@@ -53,20 +53,7 @@ pub fn placement(attribute: &str) -> Placement {
     }
 }
 
-/// A SocialTalent account as read from SCIM.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TargetUser {
-    /// SocialTalent's id.
-    pub id: String,
-    /// `userName`.
-    pub user_name: String,
-    /// `externalId`, when set.
-    pub external_id: Option<String>,
-    /// `active` (absent counts as active, as RFC 7643 leaves it to the provider).
-    pub active: bool,
-    /// The values of the attributes we map, in mapping form.
-    pub attributes: Attributes,
-}
+pub use crate::model::TargetUser;
 
 /// The document for `POST /Users` and `PUT /Users/{id}`.
 pub fn user_document(attributes: &Attributes, extension_schema: &str, active: bool) -> Value {
@@ -108,6 +95,34 @@ pub fn user_document(attributes: &Attributes, extension_schema: &str, active: bo
     order_like_spec(document)
 }
 
+/// The `PUT /Users/{id}` document that sets our attributes and keeps what SocialTalent holds
+/// beyond them: `kept` attributes (those the mapping does not manage, as read back) and `extras`
+/// (other top-level attributes, such as addresses or other extensions). A PUT replaces the whole
+/// account, so without this it would clear them.
+pub fn user_document_keeping(
+    attributes: &Attributes,
+    extension_schema: &str,
+    active: bool,
+    kept: &Attributes,
+    extras: &Map<String, Value>,
+) -> Value {
+    let mut merged = kept.clone();
+    merged.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut document = user_document(&merged, extension_schema, active);
+    if let Some(object) = document.as_object_mut() {
+        for (key, value) in extras {
+            object.entry(key.clone()).or_insert_with(|| value.clone());
+            if key.starts_with("urn:")
+                && let Some(Value::Array(schemas)) = object.get_mut("schemas")
+                && !schemas.iter().any(|s| s == key)
+            {
+                schemas.push(Value::String(key.clone()));
+            }
+        }
+    }
+    document
+}
+
 /// The `PATCH /Users/{id}` body: one `replace` per changed attribute, a `remove` per cleared one,
 /// and `active` when given.
 pub fn patch_document(changes: &[Change], extension_schema: &str, active: Option<bool>) -> Value {
@@ -132,6 +147,9 @@ pub fn patch_document(changes: &[Change], extension_schema: &str, active: Option
 
 /// The PATCH path of an attribute (`name.givenName`, `title`, `urn:…:User:coreTeam`).
 pub fn attribute_path(attribute: &str, extension_schema: &str) -> String {
+    if attribute == "active" {
+        return attribute.to_owned();
+    }
     match placement(attribute) {
         Placement::Extension if !extension_schema.is_empty() => {
             format!("{extension_schema}:{attribute}")
@@ -156,6 +174,7 @@ pub fn parse_user(document: &Value, extension_schema: &str) -> Result<TargetUser
         .ok_or_else(|| format!("user {id} has no `userName`"))?
         .to_owned();
     let mut attributes = Attributes::new();
+    let mut extras = Map::new();
     if let Some(object) = document.as_object() {
         for (key, value) in object {
             match key.as_str() {
@@ -190,7 +209,13 @@ pub fn parse_user(document: &Value, extension_schema: &str) -> Result<TargetUser
                         }
                     }
                 }
-                _ => {}
+                // Read-only or server-managed: never sent back.
+                "id" | "schemas" | "meta" | "active" | "groups" => {}
+                // Anything else (addresses, other extensions) is kept as it is, so that a PUT
+                // that replaces the whole account does not lose it.
+                _ => {
+                    extras.insert(key.clone(), value.clone());
+                }
             }
         }
     }
@@ -206,6 +231,7 @@ pub fn parse_user(document: &Value, extension_schema: &str) -> Result<TargetUser
         id,
         user_name,
         attributes,
+        extras,
     })
 }
 

@@ -107,6 +107,43 @@ pub async fn read_one(
     }
 }
 
+/// Writes attributes back into the IdP (`[writeback]`).
+#[derive(Debug, Clone)]
+pub enum Writer {
+    /// Okta: partial profile updates.
+    Okta(okta::client::OktaClient),
+}
+
+impl Writer {
+    /// The writer for the configured source (reads its credentials now).
+    ///
+    /// # Errors
+    /// [`SourceError`] when the source cannot be written to or its credentials are missing.
+    pub fn new(config: &SourceConfig) -> Result<Writer, SourceError> {
+        match config {
+            SourceConfig::Okta(okta) => Ok(Writer::Okta(okta::client(okta)?)),
+            other => Err(SourceError::Unavailable {
+                kind: format!("{} write-back", other.kind()),
+            }),
+        }
+    }
+
+    /// Sets `attribute` of IdP user `idp_id` to `value`.
+    ///
+    /// # Errors
+    /// A message naming what to fix in the IdP.
+    pub async fn write(
+        &self,
+        idp_id: &crate::model::IdpId,
+        attribute: &str,
+        value: &str,
+    ) -> Result<(), String> {
+        match self {
+            Writer::Okta(client) => okta::write_attribute(client, idp_id, attribute, value).await,
+        }
+    }
+}
+
 /// Authenticates to the source and reads a little, for `check-config --connect`; returns a
 /// one-line description of what it saw.
 ///

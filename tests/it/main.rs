@@ -6,5 +6,6 @@ mod daemon;
 mod e2e;
 mod fake_okta_selftest;
 mod okta;
+mod readback;
 mod scim_client;
 mod support;

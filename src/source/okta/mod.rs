@@ -196,6 +196,39 @@ pub async fn check(config: &OktaConfig) -> Result<String, SourceError> {
     ))
 }
 
+/// Sets one profile attribute of an Okta user (`POST /api/v1/users/{id}` with a partial
+/// profile), for write-back.
+///
+/// # Errors
+/// A message that says what to change in Okta when it refuses.
+pub async fn write_attribute(
+    client: &OktaClient,
+    idp_id: &IdpId,
+    attribute: &str,
+    value: &str,
+) -> Result<(), String> {
+    let mut profile = serde_json::Map::new();
+    profile.insert(attribute.to_owned(), Value::String(value.to_owned()));
+    let body = serde_json::json!({ "profile": profile });
+    match client
+        .post_json(&format!("/api/v1/users/{}", path_segment(&idp_id.0)), &body)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(OktaError::Rejected {
+            status: 400,
+            summary,
+            ..
+        }) if summary.contains("not defined") || summary.contains("Property name") => Err(format!(
+            "Okta has no profile attribute `{attribute}` ({summary}): add it to the user profile (Directory → Profile Editor → Okta user, type string) or change [writeback] attribute"
+        )),
+        Err(error @ OktaError::Forbidden { .. }) => Err(format!(
+            "{error}; write-back needs the okta.users.manage scope (or an API token of an admin who may edit users)"
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 fn unreadable(config: &OktaConfig, error: impl std::fmt::Display) -> SourceError {
     SourceError::Unreadable {
         location: format!("Okta {}", config.org_url.as_str().trim_end_matches('/')),

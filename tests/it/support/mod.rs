@@ -56,6 +56,8 @@ pub struct Workspace {
     pub mapping: String,
     /// The `[source]` section (the file source on `directory.json` by default).
     pub source: String,
+    /// The `[reconcile]` settings (no read-back by default).
+    pub reconcile: String,
 }
 
 /// The default `[source]` section of a workspace.
@@ -86,6 +88,7 @@ impl Workspace {
             sections: String::new(),
             mapping: EXAMPLE_MAPPING.to_owned(),
             source: FILE_SOURCE.to_owned(),
+            reconcile: "read_back = false".to_owned(),
         };
         workspace.write_directory(&example_directory());
         workspace
@@ -125,13 +128,14 @@ token = "${{{TOKEN_VAR}}}"
 path = "state"
 
 [reconcile]
-read_back = false
+{reconcile}
 
 {sections}
 {mapping}
 "#,
             target = self.target_lines(),
             source = self.source,
+            reconcile = self.reconcile,
             base = self.peer.base_url,
             sections = self.sections,
             mapping = self.mapping,
