@@ -384,6 +384,19 @@ impl Validator<'_> {
             })
             .transpose()?;
         let observability = self.observability(raw.observability)?;
+        let mut source = source;
+        if let (Some(writeback), SourceConfig::Entra(entra)) = (&writeback, &mut source) {
+            // The write-back compares with the attribute's current value: select it.
+            let head = writeback
+                .attribute
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if !entra.extra_attributes.contains(&head) {
+                entra.extra_attributes.push(head);
+            }
+        }
         if writeback.is_some() && matches!(source, SourceConfig::File(_)) {
             return Err(self.error(
                 "writeback",
@@ -921,3 +934,4 @@ fn standard_weekdays(field: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests;
+

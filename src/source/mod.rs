@@ -2,6 +2,7 @@
 //! [`SourceRead`]; only this module knows Okta, Graph or export formats. A read that fails at
 //! any point returns an error and nothing partial, so that no run acts on an incomplete read.
 
+pub mod entra;
 pub mod file;
 pub mod groups;
 pub mod okta;
@@ -24,9 +25,7 @@ pub enum SourceError {
         message: String,
     },
     /// The configured source kind is not available in this build.
-    #[error(
-        "the {kind} source is not available in this version of socialtalent-sync; use kind = \"file\" or \"okta\""
-    )]
+    #[error("{kind} is not available")]
     Unavailable {
         /// The kind.
         kind: String,
@@ -60,9 +59,7 @@ pub async fn read(
                 })?
         }
         SourceConfig::Okta(okta) => okta::read(okta, state, full).await,
-        other => Err(SourceError::Unavailable {
-            kind: other.kind().to_string(),
-        }),
+        SourceConfig::Entra(entra) => entra::read(entra, state, full).await,
     }
 }
 
@@ -78,6 +75,7 @@ pub async fn read_one(
 ) -> Result<Option<SourceRead>, SourceError> {
     match config {
         SourceConfig::Okta(okta) => okta::read_one(okta, state, wanted).await,
+        SourceConfig::Entra(entra) => entra::read_one(entra, state, wanted).await,
         _ => {
             let mut read = read(config, state, true).await?;
             let folded = wanted.to_lowercase();
@@ -112,6 +110,8 @@ pub async fn read_one(
 pub enum Writer {
     /// Okta: partial profile updates.
     Okta(okta::client::OktaClient),
+    /// Entra ID: `PATCH /v1.0/users/{id}`.
+    Entra(entra::client::GraphClient),
 }
 
 impl Writer {
@@ -122,8 +122,9 @@ impl Writer {
     pub fn new(config: &SourceConfig) -> Result<Writer, SourceError> {
         match config {
             SourceConfig::Okta(okta) => Ok(Writer::Okta(okta::client(okta)?)),
-            other => Err(SourceError::Unavailable {
-                kind: format!("{} write-back", other.kind()),
+            SourceConfig::Entra(entra) => Ok(Writer::Entra(entra::client(entra)?)),
+            SourceConfig::File(_) => Err(SourceError::Unavailable {
+                kind: "file write-back".into(),
             }),
         }
     }
@@ -140,6 +141,7 @@ impl Writer {
     ) -> Result<(), String> {
         match self {
             Writer::Okta(client) => okta::write_attribute(client, idp_id, attribute, value).await,
+            Writer::Entra(client) => entra::write_attribute(client, idp_id, attribute, value).await,
         }
     }
 }
@@ -152,6 +154,7 @@ impl Writer {
 pub async fn check(config: &SourceConfig) -> Result<String, SourceError> {
     match config {
         SourceConfig::Okta(okta) => okta::check(okta).await,
+        SourceConfig::Entra(entra) => entra::check(entra).await,
         _ => {
             let read = read(config, None, true).await?;
             Ok(format!(

@@ -4,6 +4,8 @@
 mod cli;
 mod daemon;
 mod e2e;
+mod entra;
+mod fake_graph_selftest;
 mod fake_okta_selftest;
 mod okta;
 mod readback;

@@ -4,6 +4,7 @@
 // Each test module uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod fake_graph;
 pub mod fake_okta;
 pub mod peer;
 
