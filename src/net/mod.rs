@@ -3,3 +3,4 @@
 
 pub mod limiter;
 pub mod retry;
+pub mod text;

@@ -2,6 +2,7 @@
 //! takes a new permit), 429/503 wait for `Retry-After`, 5xx and transport errors back off with
 //! jitter, and other 4xx fail at once with the SCIM error's `detail`. TLS is always verified.
 
+use crate::net::text::describe_transport;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -462,25 +463,6 @@ fn urlencode_segment(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
-}
-
-fn describe_transport(error: &reqwest::Error) -> String {
-    let mut message = if error.is_timeout() {
-        "timed out".to_owned()
-    } else if error.is_connect() {
-        "connection failed".to_owned()
-    } else if error.is_body() || error.is_decode() {
-        "the response body was cut off".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn body_excerpt(body: &[u8], status: StatusCode) -> String {

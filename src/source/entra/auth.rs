@@ -16,24 +16,25 @@
 //! Neither the secret, the private key, the client assertion nor the token appear in any
 //! message, log or `Debug` output.
 
+use crate::net::text::{pem_blocks, unix_seconds, with_colon};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, SHA256, digest};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{KeyPair, RSA_PSS_SHA256, RsaKeyPair};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use url::Url;
 
-use super::client::describe_transport;
 use crate::config::Secret;
 use crate::net::retry::{self, Verdict};
+use crate::net::text::describe_transport;
 
 /// The configuration key of the client secret, named by messages about it.
 pub const CLIENT_SECRET_KEY: &str = "source.entra.client_secret";
@@ -876,52 +877,6 @@ fn rsa_key(pem: &str) -> Result<RsaKeyPair, GraphAuthError> {
         )),
         _ => Err(not_rsa()),
     }
-}
-
-/// The PEM blocks of `text`: each block's label and its decoded content (`Err` when the base64
-/// is bad). Header lines inside a block (`Proc-Type: …`) are skipped.
-fn pem_blocks(text: &str) -> Vec<(String, Result<Vec<u8>, ()>)> {
-    let mut blocks = Vec::new();
-    let mut current: Option<(String, String)> = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(label) = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-        {
-            current = Some((label.to_owned(), String::new()));
-        } else if let Some(label) = line
-            .strip_prefix("-----END ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-        {
-            if let Some((begun, base64)) = current.take()
-                && begun == label
-            {
-                let der = STANDARD.decode(base64.as_bytes()).map_err(drop);
-                blocks.push((begun, der));
-            }
-        } else if let Some((_, base64)) = current.as_mut()
-            && !line.contains(':')
-        {
-            base64.push_str(line);
-        }
-    }
-    blocks
-}
-
-/// `: text`, or nothing when `text` is empty.
-fn with_colon(text: &str) -> String {
-    if text.is_empty() {
-        String::new()
-    } else {
-        format!(": {text}")
-    }
-}
-
-/// Seconds since the epoch, now.
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 /// A random GUID (version 4), the form Entra ID documents for `jti`.

@@ -11,9 +11,10 @@
 //! Graph. Every error names the URL, as its path and query (which hold no credential); long
 //! `$skiptoken` and `$deltatoken` values are cut short there, for readability.
 
+use crate::net::text::{describe_transport, excerpt, kind_of, lock, with_colon};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -771,18 +772,6 @@ fn parse_json(body: &[u8], url: &Url) -> Result<Value, GraphError> {
     })
 }
 
-/// What kind of JSON value this is, for messages.
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// A URL for messages: its path and query (Graph URLs never carry credentials there), with the
 /// values of `$skiptoken` and `$deltatoken` cut to their first characters when long (they run
 /// to hundreds of characters and mean nothing to a reader).
@@ -813,28 +802,6 @@ pub(crate) fn display_url(url: &Url) -> String {
     format!("{}?{}", url.path(), shortened.join("&"))
 }
 
-/// Describes a reqwest error by its kind and causes, without the URL that its `Display` adds.
-pub(crate) fn describe_transport(error: &reqwest::Error) -> String {
-    let mut message = if error.is_timeout() {
-        "timed out".to_owned()
-    } else if error.is_connect() {
-        "connection failed".to_owned()
-    } else if error.is_body() || error.is_decode() {
-        "the answer was cut off".to_owned()
-    } else if error.is_builder() {
-        "the request cannot be built".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
 /// ` code: message`, ` code`, `: message`, or nothing: what follows the status in a message.
 fn code_and_message(code: &Option<String>, message: &str) -> String {
     match (code, message.is_empty()) {
@@ -853,25 +820,6 @@ fn code_and_message_after_colon(code: &Option<String>, message: &str) -> String 
         (None, true) => String::new(),
         (None, false) => format!(": {message}"),
     }
-}
-
-/// `: text`, or nothing when `text` is empty.
-fn with_colon(text: &str) -> String {
-    if text.is_empty() {
-        String::new()
-    } else {
-        format!(": {text}")
-    }
-}
-
-/// The first 200 characters of `text`.
-fn excerpt(text: &str) -> String {
-    text.chars().take(200).collect()
-}
-
-/// Locks a std mutex whose data stays consistent across panics (single assignments only).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -13,24 +13,26 @@
 //! Neither the private key, the client assertion, the proofs nor the tokens appear in any
 //! message, log or `Debug` output.
 
+use crate::net::text::{pem_blocks, unix_seconds};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
 };
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use url::Url;
 
-use super::client::{RateLimit, describe_transport, display_url};
+use super::client::{RateLimit, display_url};
 use crate::config::Secret;
+use crate::net::text::describe_transport;
 
 /// The configuration key of the API token, named by messages about it.
 pub const TOKEN_KEY: &str = "source.okta.token";
@@ -818,49 +820,12 @@ fn sign_jws(
     Ok(jws)
 }
 
-/// The PEM blocks of `text`: each block's label and its decoded content (`Err` when the base64
-/// is bad). Header lines inside a block (`Proc-Type: …`) are skipped.
-fn pem_blocks(text: &str) -> Vec<(String, Result<Vec<u8>, ()>)> {
-    let mut blocks = Vec::new();
-    let mut current: Option<(String, String)> = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(label) = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-        {
-            current = Some((label.to_owned(), String::new()));
-        } else if let Some(label) = line
-            .strip_prefix("-----END ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-        {
-            if let Some((begun, base64)) = current.take()
-                && begun == label
-            {
-                let der = STANDARD.decode(base64.as_bytes()).map_err(drop);
-                blocks.push((begun, der));
-            }
-        } else if let Some((_, base64)) = current.as_mut()
-            && !line.contains(':')
-        {
-            base64.push_str(line);
-        }
-    }
-    blocks
-}
-
 /// A header value marked sensitive (kept out of `Debug` output and HPACK tables), or `None` when
 /// `text` holds characters that a header cannot carry.
 fn sensitive(text: &str) -> Option<HeaderValue> {
     let mut value = HeaderValue::from_str(text).ok()?;
     value.set_sensitive(true);
     Some(value)
-}
-
-/// Seconds since the epoch, now.
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 /// A random `jti`: 128 bits, base64url.

@@ -20,9 +20,10 @@
 //! against the server's `Date` when it sends one (clock skew), get up to 250 ms of jitter, are
 //! capped at five minutes, and are logged at warn level. Waiting is sleeping: nothing spins.
 
+use crate::net::text::{describe_transport, excerpt, kind_of, lock, with_colon};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
@@ -916,18 +917,6 @@ fn parse_json(body: &[u8], url: &Url) -> Result<Value, OktaError> {
     })
 }
 
-/// What kind of JSON value this is, for messages.
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// A URL for messages: its path and query (Okta URLs never carry secrets there).
 pub(crate) fn display_url(url: &Url) -> String {
     match url.query() {
@@ -936,51 +925,10 @@ pub(crate) fn display_url(url: &Url) -> String {
     }
 }
 
-/// Describes a reqwest error by its kind and causes, without the URL that its `Display` adds.
-pub(crate) fn describe_transport(error: &reqwest::Error) -> String {
-    let mut message = if error.is_timeout() {
-        "timed out".to_owned()
-    } else if error.is_connect() {
-        "connection failed".to_owned()
-    } else if error.is_body() || error.is_decode() {
-        "the answer was cut off".to_owned()
-    } else if error.is_builder() {
-        "the request cannot be built".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
-/// `: text`, or nothing when `text` is empty.
-fn with_colon(text: &str) -> String {
-    if text.is_empty() {
-        String::new()
-    } else {
-        format!(": {text}")
-    }
-}
-
-/// The first 200 characters of `text`.
-fn excerpt(text: &str) -> String {
-    text.chars().take(200).collect()
-}
-
 /// A random delay of up to [`RATE_LIMIT_JITTER`].
 fn jitter() -> Duration {
     let max = u64::try_from(RATE_LIMIT_JITTER.as_millis()).unwrap_or(0);
     Duration::from_millis(rand::rng().random_range(0..=max))
-}
-
-/// Locks a std mutex whose data stays consistent across panics (single assignments only).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
