@@ -141,7 +141,10 @@ impl Failure {
 impl From<SyncError> for Failure {
     fn from(error: SyncError) -> Failure {
         match error {
-            SyncError::Secret(_) => Failure::usage(error),
+            // A missing secret is a configuration problem (SPEC §3: exit 2), wherever it shows.
+            SyncError::Secret(_) | SyncError::Source(crate::source::SourceError::Secret(_)) => {
+                Failure::usage(error)
+            }
             other => Failure::failed(other),
         }
     }
@@ -445,7 +448,7 @@ async fn check_config(config: &Config, connect: bool) -> Result<u8, Failure> {
 async fn check_connections(config: &Config) -> Result<usize, Failure> {
     let seen = crate::source::check(&config.source)
         .await
-        .map_err(Failure::failed)?;
+        .map_err(|error| Failure::from(SyncError::Source(error)))?;
     println!("  source: {seen}");
     let client = sync::scim_client(config)?;
     let provider = client
@@ -549,7 +552,7 @@ async fn preview(
     let state = open_state(config, apply)?;
     let read = crate::source::read_one(&config.source, state.as_ref(), wanted)
         .await
-        .map_err(Failure::failed)?
+        .map_err(|error| Failure::from(SyncError::Source(error)))?
         .ok_or_else(|| {
             Failure::failed(format!(
                 "no user {wanted:?} in the source (looked up by id, login and email)"

@@ -276,6 +276,12 @@ impl Mapper {
         // Templates are registered first (they need `&mut env`), then everything is compiled
         // against the finished environment.
         for (attribute, key, rule) in &spec.rules {
+            if attribute.trim().is_empty() {
+                return Err(CompileError {
+                    key: key.clone(),
+                    message: "the attribute name is empty".into(),
+                });
+            }
             if attributes.contains(attribute) {
                 return Err(CompileError {
                     key: key.clone(),
@@ -324,11 +330,27 @@ impl Mapper {
         }
         let compiled = CompiledCell::try_new(env, |env| -> Result<Compiled<'_>, CompileError> {
             let expression = |key: String, source: &str| {
-                env.compile_expression_owned(source.to_owned())
-                    .map_err(|error| CompileError {
-                        key,
+                // minijinja 2.24 panics ("empty lexer stack") on an expression in which `}}`
+                // closes the implicit variable block before the end, such as
+                // `user.active }} and x`: refuse it like any other syntax error, and keep a
+                // backstop in case the engine panics on some other input.
+                let stray = || CompileError {
+                    key: key.clone(),
+                    message: STRAY_BLOCK_END.into(),
+                };
+                if has_block_end(source) {
+                    return Err(stray());
+                }
+                let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    env.compile_expression_owned(source.to_owned())
+                }));
+                match compiled {
+                    Ok(compiled) => compiled.map_err(|error| CompileError {
+                        key: key.clone(),
                         message: format!("expression does not compile: {}", describe(&error)),
-                    })
+                    }),
+                    Err(_) => Err(stray()),
+                }
             };
             let template = |name: &str| {
                 env.get_template(name).map_err(|error| CompileError {
@@ -665,6 +687,34 @@ fn to_json(value: &JinjaValue) -> Value {
 
 fn quote(key: &str) -> String {
     format!("\"{key}\"")
+}
+
+/// Why an expression holding a stray `}}` is refused.
+const STRAY_BLOCK_END: &str = "expression does not compile: syntax error: unexpected `}}` (an expression is written without {{ }})";
+
+/// Whether a standalone expression holds `}}` outside strings with every bracket closed, where
+/// minijinja's lexer ends the expression (always a syntax error; minijinja 2.24 panics on it when
+/// more text follows).
+fn has_block_end(source: &str) -> bool {
+    let bytes = source.as_bytes();
+    let mut depth: isize = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'\'' | b'"') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'}' if depth == 0 && bytes.get(i + 1) == Some(&b'}') => return true,
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// A one-line description of a minijinja error, with its detail but without the template dump.

@@ -935,3 +935,5 @@ fn standard_weekdays(field: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod fuzz_tests;

@@ -242,7 +242,7 @@ pub(super) fn key_of_toml_error(text: &str, error: &toml::de::Error) -> String {
             .find('\n')
             .map_or(text.len(), |i| line_start + i)];
     // An error inside a table header (an unknown table such as `[sheduel]`) is about that table.
-    if let Some(header) = header_of(line) {
+    if let Some(header) = header_of(line).filter(|header| !header.is_empty()) {
         return header.join(".");
     }
     let mut section = String::new();
@@ -254,7 +254,8 @@ pub(super) fn key_of_toml_error(text: &str, error: &toml::de::Error) -> String {
     let end = text.floor_char_boundary(span.end.min(text.len()));
     let under = text[start..end].trim();
     // An unknown or mistyped key's span covers the key (or its value); a key looks like one.
-    let key_here = line_key(line);
+    // A line such as `= 1` has an empty key: name its table (or the line) instead.
+    let key_here = line_key(line).filter(|key| !key.is_empty());
     let leaf = if !under.is_empty()
         && under
             .trim_matches('"')

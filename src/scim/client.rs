@@ -417,7 +417,13 @@ impl ScimClient {
         if status.is_success() {
             return Ok(bytes);
         }
-        let detail = wire::error_detail(&bytes).unwrap_or_else(|| body_excerpt(&bytes, status));
+        let mut detail = wire::error_detail(&bytes).unwrap_or_else(|| body_excerpt(&bytes, status));
+        // A server may quote the credential back ("the token … is not valid"); the detail ends up
+        // in logs, reports and the state, so the token never passes through it.
+        let token = self.token.expose();
+        if !token.is_empty() && detail.contains(token) {
+            detail = detail.replace(token, "***");
+        }
         let error = match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ScimError::Unauthorized {
                 status: status.as_u16(),
