@@ -209,14 +209,17 @@ async fn carry_out(
                     Ok((None, Some(scim_id.to_owned())))
                 }
                 Err(ScimError::NotFound { .. }) => {
-                    // The account vanished in SocialTalent: create it again.
-                    let created = client
-                        .create(&wire::user_document(attributes, extension, true))
-                        .await?;
-                    record_active(state, action, &created.id, attributes)?;
+                    // The account vanished in SocialTalent: create it again. A crash after an
+                    // earlier re-creation may have left one that the state does not know, so a
+                    // 409 adopts it like any create.
+                    let (note, scim_id) =
+                        create_or_adopt(client, state, settings, action, attributes, known)
+                            .await?;
                     Ok((
-                        Some("the account had vanished in SocialTalent; created again".into()),
-                        Some(created.id),
+                        Some(note.unwrap_or_else(|| {
+                            "the account had vanished in SocialTalent; created again".into()
+                        })),
+                        scim_id,
                     ))
                 }
                 Err(error) => Err(error.into()),

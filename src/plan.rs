@@ -635,7 +635,9 @@ fn against_account(
     for name in context.managed {
         let ours = record.pushed.get(name);
         let theirs = current.get(name);
-        if !same(name, ours, theirs) {
+        // A value that already is what we want is not drift, even if the state remembers an
+        // older push (a write confirmed but not recorded before a crash).
+        if !same(name, ours, theirs) && !same(name, theirs, attributes.get(name)) {
             drifted.push(name.as_str());
             drift.push(Drift {
                 idp_id: user.idp_id.clone(),

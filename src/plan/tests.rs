@@ -926,3 +926,18 @@ fn an_account_deleted_in_socialtalent_is_created_again() {
         Some("the account had disappeared from SocialTalent")
     );
 }
+
+#[test]
+fn a_confirmed_but_unrecorded_write_is_not_drift() {
+    // The state remembers Sales; a crash came after SocialTalent took Marketing, which is what
+    // the source wants now: nothing to repair, nothing to report.
+    let pushed = desired("a@x.com", "a");
+    let mut state = Snapshot::default();
+    state.users.insert(IdpId("a".into()), record(&pushed, AccountStatus::Active));
+    let mut wanted = pushed;
+    wanted.insert("coreTeam".into(), json!("Marketing"));
+    let theirs = account("scim-a@x.com", "a@x.com", Some("a"), json!({"coreTeam": "Marketing", "role": "user", "learningPaths": ["A", "B"]}));
+    let plan = with_target(&[provisioned("a", wanted)], &state, &[theirs], Reconcile::default());
+    assert!(plan.drift.is_empty(), "{:?}", plan.drift);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+}
