@@ -688,7 +688,25 @@ fn against_account(
         AccountStatus::Active if deactivated_there && repair => {
             (Op::Reactivate, Some("drift".to_owned()))
         }
-        AccountStatus::Active if changes.is_empty() => return None,
+        AccountStatus::Active if changes.is_empty() => {
+            // SocialTalent already holds what we want. If the state remembers an older push (a
+            // write confirmed but not recorded before a crash), record the account as it is:
+            // otherwise a later change back would look like drift.
+            if diff(&managed_part(&record.pushed, context.managed), attributes).is_empty() {
+                return None;
+            }
+            return Some(Action {
+                op: Op::Adopt,
+                idp_id: user.idp_id.clone(),
+                user_name: user_name.to_owned(),
+                scim_id: Some(account.id.clone()),
+                attributes: Some(attributes.clone()),
+                reason: Some(
+                    "SocialTalent already matches; the state is brought up to date".into(),
+                ),
+                ..Action::empty(Op::Adopt)
+            });
+        }
         AccountStatus::Active => (Op::Update, only_drift.then(|| "drift".to_owned())),
     };
     Some(Action {

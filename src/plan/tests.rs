@@ -933,11 +933,25 @@ fn a_confirmed_but_unrecorded_write_is_not_drift() {
     // the source wants now: nothing to repair, nothing to report.
     let pushed = desired("a@x.com", "a");
     let mut state = Snapshot::default();
-    state.users.insert(IdpId("a".into()), record(&pushed, AccountStatus::Active));
+    state
+        .users
+        .insert(IdpId("a".into()), record(&pushed, AccountStatus::Active));
     let mut wanted = pushed;
     wanted.insert("coreTeam".into(), json!("Marketing"));
-    let theirs = account("scim-a@x.com", "a@x.com", Some("a"), json!({"coreTeam": "Marketing", "role": "user", "learningPaths": ["A", "B"]}));
-    let plan = with_target(&[provisioned("a", wanted)], &state, &[theirs], Reconcile::default());
+    let theirs = account(
+        "scim-a@x.com",
+        "a@x.com",
+        Some("a"),
+        json!({"coreTeam": "Marketing", "role": "user", "learningPaths": ["A", "B"]}),
+    );
+    let plan = with_target(
+        &[provisioned("a", wanted)],
+        &state,
+        &[theirs],
+        Reconcile::default(),
+    );
     assert!(plan.drift.is_empty(), "{:?}", plan.drift);
-    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    // Nothing is sent, but the state learns what SocialTalent holds.
+    assert_eq!(ops(&plan), vec![(Op::Adopt, "a")]);
+    assert!(plan.actions[0].changes.is_empty());
 }

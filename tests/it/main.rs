@@ -2,6 +2,7 @@
 //! `support` starts the real SCIM peer (scim2-server) and holds shared helpers.
 
 mod cli;
+mod crash;
 mod daemon;
 mod e2e;
 mod entra;
