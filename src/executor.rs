@@ -213,8 +213,7 @@ async fn carry_out(
                     // earlier re-creation may have left one that the state does not know, so a
                     // 409 adopts it like any create.
                     let (note, scim_id) =
-                        create_or_adopt(client, state, settings, action, attributes, known)
-                            .await?;
+                        create_or_adopt(client, state, settings, action, attributes, known).await?;
                     Ok((
                         Some(note.unwrap_or_else(|| {
                             "the account had vanished in SocialTalent; created again".into()

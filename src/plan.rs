@@ -476,7 +476,13 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
         plan.held_reason = None;
     }
 
-    assign_waves(mapped_managers(inputs.mapped), &mut plan.actions);
+    if plan
+        .actions
+        .iter()
+        .any(|action| matches!(action.op, Op::Create | Op::Reactivate))
+    {
+        assign_waves(mapped_managers(inputs.mapped), &mut plan.actions);
+    }
     plan.actions.sort_by(|a, b| {
         (report_rank(a.op), a.wave, &a.idp_id).cmp(&(report_rank(b.op), b.wave, &b.idp_id))
     });
@@ -571,6 +577,11 @@ fn against_state(
     record: &crate::model::UserRecord,
     attributes: &Attributes,
 ) -> Option<Action> {
+    // The common case of a no-change run: equal maps need no field-by-field diff (values are
+    // kept normalised, so equal means unchanged).
+    if record.status == AccountStatus::Active && record.pushed == *attributes {
+        return None;
+    }
     let changes = diff(&record.pushed, attributes);
     let op = match record.status {
         AccountStatus::Deactivated => Op::Reactivate,

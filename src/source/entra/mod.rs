@@ -195,7 +195,7 @@ pub async fn read_one(
         .and_then(|object| object.remove("manager"))
         .filter(Value::is_object);
     let props = properties(&raw);
-    let mut user = match convert(&props) {
+    let mut user = match convert(props) {
         Ok(user) => user,
         Err(rejected) => {
             return Err(SourceError::Unreadable {
@@ -206,7 +206,7 @@ pub async fn read_one(
     };
     if let Some(manager) = &manager {
         let manager_props = properties(manager);
-        if let Ok(manager) = convert(&manager_props) {
+        if let Ok(manager) = convert(manager_props) {
             user.manager_id = Some(manager.id.clone());
             user.manager = Some(manager.as_manager());
         }
@@ -481,7 +481,7 @@ async fn read_full(
         if delta.removed {
             continue;
         }
-        match convert(&delta.props) {
+        match convert(delta.props) {
             Ok(mut user) => {
                 user.manager_id = delta.manager.flatten().map(IdpId);
                 user.groups = memberships
@@ -605,7 +605,7 @@ async fn read_incremental(
             }
         }
         props.insert("id".into(), Value::String(id.clone()));
-        match convert(&props) {
+        match convert(props) {
             Ok(mut user) => {
                 user.manager_id = match delta.manager {
                     Some(manager) => manager.map(IdpId),
@@ -708,7 +708,7 @@ async fn fetch_user(
     else {
         return Ok(None);
     };
-    Ok(convert(&properties(&raw)).ok())
+    Ok(convert(properties(&raw)).ok())
 }
 
 fn missing_link(what: &str) -> GraphError {
@@ -741,7 +741,7 @@ fn properties(raw: &Value) -> Map<String, Value> {
 }
 
 /// Turns a user's selected properties into a [`SourceUser`] (groups and manager set later).
-fn convert(props: &Map<String, Value>) -> Result<SourceUser, RejectedRecord> {
+fn convert(props: Map<String, Value>) -> Result<SourceUser, RejectedRecord> {
     let id = props
         .get("id")
         .and_then(Value::as_str)
@@ -795,7 +795,7 @@ fn convert(props: &Map<String, Value>) -> Result<SourceUser, RejectedRecord> {
         manager_id: None,
         manager: None,
         groups: Vec::new(),
-        attrs: props.clone(),
+        attrs: props,
     })
 }
 

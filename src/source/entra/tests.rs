@@ -81,7 +81,7 @@ fn a_graph_user_becomes_the_common_user_shape() {
         "accountEnabled": false, "department": "Sales", "jobTitle": "Recruiter", "employeeId": "1042",
         "extension_abc123_costCenter": "CC-1"
     }));
-    let user = convert(&props).expect("valid");
+    let user = convert(props.clone()).expect("valid");
     assert_eq!(user.login.as_deref(), Some("zoe@contoso.example"));
     assert_eq!(
         user.email.as_deref(),
@@ -98,7 +98,7 @@ fn a_graph_user_becomes_the_common_user_shape() {
 #[test]
 fn a_user_without_account_enabled_is_rejected_not_guessed() {
     let props = properties(&json!({"id": "u1", "userPrincipalName": "a@x"}));
-    let rejected = convert(&props).expect_err("unknown state");
+    let rejected = convert(props.clone()).expect_err("unknown state");
     assert_eq!(rejected.idp_id, Some(IdpId("u1".into())));
     assert!(
         rejected.error.contains("accountEnabled"),

@@ -287,8 +287,26 @@ impl OktaClient {
         mut on_page: impl FnMut(Vec<Value>) -> Result<bool, OktaError>,
     ) -> Result<(), OktaError> {
         let mut url = self.url_for(path_and_query)?;
+        let mut prefetched: Option<tokio::task::JoinHandle<Result<Answer, OktaError>>> = None;
         loop {
-            let answer = self.send(Method::GET, &url, None).await?;
+            let answer = match prefetched.take() {
+                Some(handle) => handle.await.map_err(|error| OktaError::InvalidResponse {
+                    url: display_url(&url),
+                    message: format!("the page request failed: {error}"),
+                })??,
+                None => self.send(Method::GET, &url, None).await?,
+            };
+            // Cursor paging is sequential, but the next page can be on its way while this one is
+            // parsed and handed over (not when a short page may end the read: System Log polls).
+            let next_now = self.next_link(&answer.headers, &url)?;
+            if stop_when_short.is_none()
+                && let Some(next) = next_now.clone().filter(|next| *next != url)
+            {
+                let client = self.clone();
+                prefetched = Some(tokio::spawn(async move {
+                    client.send(Method::GET, &next, None).await
+                }));
+            }
             let items = match parse_json(&answer.body, &url)? {
                 Value::Array(items) => items,
                 other => {
@@ -298,9 +316,12 @@ impl OktaClient {
                     });
                 }
             };
-            let next = self.next_link(&answer.headers, &url)?;
+            let next = next_now;
             let n_items = items.len();
             if !on_page(items)? {
+                if let Some(handle) = prefetched.take() {
+                    handle.abort();
+                }
                 return Ok(());
             }
             if stop_when_short.is_some_and(|page_size| n_items < page_size) {

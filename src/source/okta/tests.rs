@@ -17,7 +17,7 @@ fn an_okta_user_becomes_the_common_user_shape() {
                "lastName": "Ødegård", "department": "Sales", "title": "Recruiter",
                "employeeNumber": 1042, "managerId": "00u0", "customerId": "C-1", "mobilePhone": null}),
     );
-    let user = convert(&raw, false).expect("valid").user;
+    let user = convert(raw.clone(), false).expect("valid").user;
     assert_eq!(user.id.0, "00u1");
     assert_eq!(user.login.as_deref(), Some("zoe@example.com"));
     assert_eq!(user.given_name.as_deref(), Some("Zoë"));
@@ -44,21 +44,24 @@ fn statuses_decide_active_and_suspended_follows_the_setting() {
     ] {
         let raw = okta_user("00u1", status, json!({"login": "a@x.com"}));
         assert_eq!(
-            convert(&raw, false).expect("valid").user.active,
+            convert(raw.clone(), false).expect("valid").user.active,
             active,
             "{status}"
         );
     }
     let suspended = okta_user("00u1", "SUSPENDED", json!({"login": "a@x.com"}));
-    assert!(convert(&suspended, true).expect("valid").user.active);
+    assert!(convert(suspended.clone(), true).expect("valid").user.active);
 }
 
 #[test]
 fn bad_records_are_rejected_with_their_id() {
     let no_id = json!({"status": "ACTIVE", "profile": {}});
-    assert_eq!(convert(&no_id, false).expect_err("no id").idp_id, None);
+    assert_eq!(
+        convert(no_id.clone(), false).expect_err("no id").idp_id,
+        None
+    );
     let bad_type = okta_user("00u9", "ACTIVE", json!({"login": ["a", "b"]}));
-    let rejected = convert(&bad_type, false).expect_err("login is a list");
+    let rejected = convert(bad_type.clone(), false).expect_err("login is a list");
     assert_eq!(rejected.idp_id, Some(IdpId("00u9".into())));
     assert!(
         rejected.error.starts_with("profile.login must be a string"),
@@ -92,7 +95,7 @@ fn managers_resolve_by_id_else_by_login() {
         ),
     ]
     .iter()
-    .map(|raw| convert(raw, false).expect("valid"))
+    .map(|raw| convert(raw.clone(), false).expect("valid"))
     .collect();
     let directory = Directory::of(&users);
     let boss = |index: usize| directory.manager_of(&users[index]).map(|m| m.id.0);

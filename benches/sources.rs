@@ -1,0 +1,353 @@
+//! Source-side benchmarks (`cargo bench --bench sources`): the Okta and Entra ID sources against
+//! the test suite's fakes (built from the vendors' documented behaviour) on 127.0.0.1.
+//!
+//! For each source:
+//! - `full read`: `source::read` of `BENCH_SOURCE_USERS` users (default 100,000), compared with a
+//!   plain reqwest client downloading the same pages one after the other (Okta: following the
+//!   `link: rel="next"` headers; Graph: following `@odata.nextLink`). Target: ≤ 1.5× the plain
+//!   download.
+//! - `incremental`: after the full read is committed to a state, 10 users change; the next read
+//!   is timed and its requests to the users endpoint counted. Targets: ≤ 3 (Okta) / ≤ 2 (Graph)
+//!   requests, under 1 s.
+//!
+//! It measures; it asserts nothing. One line per figure: `name value unit target PASS|MISS`.
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs a 500-user smoke version.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+#[path = "../tests/it/support/fake_graph.rs"]
+mod fake_graph;
+#[path = "../tests/it/support/fake_okta.rs"]
+mod fake_okta;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use socialtalent_sync::config::{Config, SourceConfig};
+use socialtalent_sync::source;
+use socialtalent_sync::state::State;
+
+use fake_graph::FakeGraph;
+use fake_okta::FakeOkta;
+
+fn line(name: &str, value: f64, unit: &str, target: &str, pass: Option<bool>) {
+    let verdict = match pass {
+        Some(true) => "PASS",
+        Some(false) => "MISS",
+        None => "INFO",
+    };
+    println!("{name:<44} {value:>12.3} {unit:<8} {target:<18} {verdict}");
+}
+
+fn config(source: &str) -> Config {
+    let text = format!(
+        "{source}\n[target]\nbase_url = \"http://127.0.0.1:9/v2\"\ntoken = \"unused\"\n[mapping]\nuserName = \"{{{{ user.email }}}}\"\n"
+    );
+    Config::parse(Path::new("bench.toml"), &text).expect("a valid configuration")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn okta(users: usize, rounds: usize) {
+    let okta = FakeOkta::start().await;
+    for index in 0..users {
+        okta.add_user(
+            &format!("00u{index:08}"),
+            "ACTIVE",
+            json!({"login": format!("user{index}@example.com"), "email": format!("user{index}@example.com"),
+                   "firstName": "Given", "lastName": format!("Family{index}"), "department": "Sales",
+                   "title": "Recruiter", "employeeNumber": index.to_string(),
+                   "managerId": format!("00u{:08}", index / 10)}),
+        );
+    }
+    okta.add_group("00g1", "SocialTalent");
+    // The directory predates the reads (as in an org): the watermark's overlap excludes it.
+    okta.advance_clock(3600);
+    let config = config(&format!(
+        "[source]\nkind = \"okta\"\n[source.okta]\norg_url = \"{}\"\ntoken = \"{}\"\ngroups = [\"NoGroupMatches\"]",
+        okta.url,
+        okta.api_token()
+    ));
+    let SourceConfig::Okta(okta_config) = &config.source else {
+        unreachable!("an Okta configuration")
+    };
+
+    let mut ours = Vec::new();
+    let mut plain = Vec::new();
+    let mut last = None;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let read = source::read(&config.source, None, true)
+            .await
+            .expect("full read");
+        ours.push(started.elapsed().as_secs_f64());
+        assert_eq!(read.users.len(), users);
+        last = Some(read);
+
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let started = Instant::now();
+        let mut url = format!("{}/api/v1/users?limit=200", okta.url);
+        loop {
+            let response = client
+                .get(&url)
+                .header("Authorization", format!("SSWS {}", okta.api_token()))
+                .send()
+                .await
+                .expect("page");
+            let next = response
+                .headers()
+                .get_all("link")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find(|v| v.contains("rel=\"next\""))
+                .and_then(|v| v.split_once('<').and_then(|(_, r)| r.split_once('>')))
+                .map(|(u, _)| u.to_owned());
+            let _ = response.bytes().await.expect("body");
+            match next {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        let _ = client
+            .get(format!("{}/api/v1/groups?limit=200", okta.url))
+            .header("Authorization", format!("SSWS {}", okta.api_token()))
+            .send()
+            .await
+            .expect("groups")
+            .bytes()
+            .await;
+        plain.push(started.elapsed().as_secs_f64());
+    }
+    let (ours, plain) = (median(ours), median(plain));
+    line("okta full read (s)", ours, "s", "", None);
+    line(
+        "okta plain download of the same pages (s)",
+        plain,
+        "s",
+        "",
+        None,
+    );
+    line(
+        "okta full read / plain download",
+        ours / plain,
+        "ratio",
+        "<= 1.5",
+        Some(ours / plain <= 1.5),
+    );
+
+    // Incremental: 10 changes among all users.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("state");
+    state
+        .apply_source_commit(&last.expect("a read").commit)
+        .expect("commit");
+    okta.advance_clock(600);
+    for index in 0..10 {
+        okta.update_profile(
+            &format!("00u{:08}", index * 997 % users),
+            json!({"title": "Lead"}),
+        );
+    }
+    okta.advance_clock(60);
+    okta.clear_requests();
+    let started = Instant::now();
+    let read = source::read(&config.source, Some(&state), false)
+        .await
+        .expect("incremental read");
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = okta.count("/api/v1/users");
+    assert!(!read.full);
+    line(
+        "okta incremental: users changed",
+        read.users.len() as f64,
+        "users",
+        "10",
+        Some(read.users.len() == 10),
+    );
+    line(
+        "okta incremental: requests to /api/v1/users",
+        requests as f64,
+        "requests",
+        "<= 3",
+        Some(requests <= 3),
+    );
+    line(
+        "okta incremental: time",
+        elapsed,
+        "s",
+        "< 1",
+        Some(elapsed < 1.0),
+    );
+    let _ = okta_config;
+}
+
+async fn graph(users: usize, rounds: usize) {
+    let graph = FakeGraph::start().await;
+    graph.register_app_secret("bench-app", "bench-secret");
+    for index in 0..users {
+        let upn = format!("user{index}@contoso.example");
+        graph.add_user(
+            &format!("u{index:08}"),
+            json!({"userPrincipalName": upn, "mail": upn, "givenName": "Given",
+                   "surname": format!("Family{index}"), "displayName": format!("User {index}"),
+                   "accountEnabled": true, "department": "Sales", "jobTitle": "Recruiter",
+                   "employeeId": index.to_string()}),
+        );
+    }
+    let config = config(&format!(
+        "[source]\nkind = \"entra\"\n[source.entra]\ntenant_id = \"{}\"\nclient_id = \"bench-app\"\nclient_secret = \"bench-secret\"\ngraph_url = \"{url}\"\nlogin_url = \"{url}\"\ngroups = [\"NoGroupMatches\"]",
+        graph.tenant(),
+        url = graph.url
+    ));
+    let SourceConfig::Entra(entra_config) = &config.source else {
+        unreachable!("an Entra configuration")
+    };
+    let select = source::entra::select(entra_config);
+
+    let mut ours = Vec::new();
+    let mut plain = Vec::new();
+    let mut last = None;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let read = source::read(&config.source, None, true)
+            .await
+            .expect("full read");
+        ours.push(started.elapsed().as_secs_f64());
+        assert_eq!(read.users.len(), users);
+        last = Some(read);
+
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let token = graph.issue_token();
+        let started = Instant::now();
+        for first in [
+            format!("{}/v1.0/users/delta?$select={select}", graph.url),
+            format!(
+                "{}/v1.0/groups/delta?$select=displayName,members",
+                graph.url
+            ),
+        ] {
+            let mut url = first;
+            loop {
+                let body = client
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .expect("page")
+                    .bytes()
+                    .await
+                    .expect("body");
+                let page: Value = serde_json::from_slice(&body).expect("JSON page");
+                match page.get("@odata.nextLink").and_then(Value::as_str) {
+                    Some(next) => url = next.to_owned(),
+                    None => break,
+                }
+            }
+        }
+        plain.push(started.elapsed().as_secs_f64());
+    }
+    let (ours, plain) = (median(ours), median(plain));
+    line("graph full delta read (s)", ours, "s", "", None);
+    line(
+        "graph plain download of the same pages (s)",
+        plain,
+        "s",
+        "",
+        None,
+    );
+    line(
+        "graph full read / plain download",
+        ours / plain,
+        "ratio",
+        "<= 1.5",
+        Some(ours / plain <= 1.5),
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("state");
+    state
+        .apply_source_commit(&last.expect("a read").commit)
+        .expect("commit");
+    for index in 0..10 {
+        graph.update_user(
+            &format!("u{:08}", index * 997 % users),
+            json!({"jobTitle": "Lead"}),
+        );
+    }
+    graph.clear_requests();
+    let started = Instant::now();
+    let read = source::read(&config.source, Some(&state), false)
+        .await
+        .expect("incremental read");
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = graph.count("/v1.0/users");
+    assert!(!read.full);
+    line(
+        "graph incremental: users changed",
+        read.users.len() as f64,
+        "users",
+        "10",
+        Some(read.users.len() == 10),
+    );
+    line(
+        "graph incremental: requests to /v1.0/users",
+        requests as f64,
+        "requests",
+        "<= 2",
+        Some(requests <= 2),
+    );
+    line(
+        "graph incremental: time",
+        elapsed,
+        "s",
+        "< 1",
+        Some(elapsed < 1.0),
+    );
+}
+
+fn main() {
+    let bench = std::env::args().any(|arg| arg == "--bench");
+    let users = if bench {
+        std::env::var("BENCH_SOURCE_USERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000)
+    } else {
+        println!("not run by `cargo bench`: smoke run with 500 users");
+        500
+    };
+    let rounds = if bench { 3 } else { 1 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "{:<44} {:>12} {:<8} {:<18} verdict",
+        "figure", "value", "unit", "target"
+    );
+    runtime.block_on(async {
+        let started = Instant::now();
+        okta(users, rounds).await;
+        graph(users, rounds).await;
+        line(
+            "source benchmarks wall time",
+            started.elapsed().as_secs_f64(),
+            "s",
+            "",
+            None,
+        );
+    });
+    let _ = Duration::ZERO;
+}
