@@ -1099,6 +1099,29 @@ fn bench_binary(settings: &Settings, server: &Server, work: &Path, report: &mut 
         ));
     }
 
+    // Requests per provisioned user: one write per create, and no per-user reads.
+    let per_user = log.len() as f64 / created.max(1) as f64;
+    report.line(
+        "requests_per_created_user",
+        per_user,
+        "req",
+        "= 1",
+        Some(created > 0 && log.len() == created),
+    );
+    if !settings.read_back {
+        let reads = log
+            .iter()
+            .filter(|(_, kind)| matches!(kind, Kind::Get))
+            .count();
+        report.line(
+            "reads_per_user_outside_read_back",
+            reads as f64 / created.max(1) as f64,
+            "req",
+            "= 0",
+            Some(reads == 0),
+        );
+    }
+
     // 3. State on disk per user.
     let (apparent, allocated) = dir_size(&state);
     let users = created.max(1) as f64;
