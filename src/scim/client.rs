@@ -118,10 +118,7 @@ impl ScimClient {
         token: Secret,
         limiter: Limiter,
     ) -> Result<ScimClient, ScimError> {
-        let http = reqwest::Client::builder()
-            .timeout(target.timeout)
-            .connect_timeout(target.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("socialtalent-sync/", env!("CARGO_PKG_VERSION")))
+        let http = crate::net::http_client_builder(target.timeout)
             .pool_max_idle_per_host(target.max_in_flight)
             .build()
             .map_err(|error| ScimError::Transport {

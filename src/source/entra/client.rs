@@ -239,10 +239,7 @@ impl GraphClient {
         timeout: Duration,
         backoff: Backoff,
     ) -> Result<GraphClient, GraphError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("socialtalent-sync/", env!("CARGO_PKG_VERSION")))
+        let http = crate::net::http_client_builder(timeout)
             .build()
             .map_err(|error| GraphError::Transport {
                 url: display_url(&graph_url),

@@ -246,10 +246,7 @@ impl OktaClient {
         timeout: Duration,
         backoff: Backoff,
     ) -> Result<OktaClient, OktaError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("socialtalent-sync/", env!("CARGO_PKG_VERSION")))
+        let http = crate::net::http_client_builder(timeout)
             .build()
             .map_err(|error| OktaError::Transport {
                 url: display_url(&org_url),
