@@ -300,9 +300,9 @@ async fn create_or_adopt(
     let extension = client.extension_schema();
     let document = wire::user_document(attributes, extension, true);
     match client.create(&document).await {
-        Ok(created) => {
-            record_active(state, action, &created.id, attributes)?;
-            Ok((None, Some(created.id)))
+        Ok(created_id) => {
+            record_active(state, action, &created_id, attributes)?;
+            Ok((None, Some(created_id)))
         }
         Err(ScimError::Conflict { detail }) => {
             // The account exists: adopt it instead of creating a duplicate.

@@ -158,15 +158,25 @@ impl ScimClient {
         &self.extension_schema
     }
 
-    /// `POST /Users`.
+    /// `POST /Users`; returns the new account's id.
     ///
     /// # Errors
     /// [`ScimError::Conflict`] on 409 (the account exists), or any other [`ScimError`].
-    pub async fn create(&self, document: &Value) -> Result<TargetUser, ScimError> {
+    pub async fn create(&self, document: &Value) -> Result<String, ScimError> {
+        /// Only the id of the echoed account is needed; the rest is skipped unparsed.
+        #[derive(serde::Deserialize)]
+        struct Created {
+            id: String,
+        }
         let body = self
             .send(Method::POST, "/Users", &[], Some(document))
             .await?;
-        self.parse_user_body(&body, "POST /Users")
+        serde_json::from_slice::<Created>(&body)
+            .map(|created| created.id)
+            .map_err(|error| ScimError::InvalidResponse {
+                context: "POST /Users".into(),
+                message: format!("the created account's id cannot be read: {error}"),
+            })
     }
 
     /// `PUT /Users/{id}` with the full document.
@@ -299,16 +309,6 @@ impl ScimClient {
             Err(ScimError::NotFound { .. }) => Ok(None),
             Err(error) => Err(error),
         }
-    }
-
-    fn parse_user_body(&self, body: &[u8], context: &str) -> Result<TargetUser, ScimError> {
-        let invalid = |message: String| ScimError::InvalidResponse {
-            context: context.to_owned(),
-            message,
-        };
-        let value: Value =
-            serde_json::from_slice(body).map_err(|error| invalid(error.to_string()))?;
-        wire::parse_user(&value, &self.extension_schema).map_err(invalid)
     }
 
     fn parse_list(&self, body: &[u8], context: &str) -> Result<UserPage, ScimError> {

@@ -231,11 +231,9 @@ async fn create_posts_scim_json_with_the_bearer_token_and_returns_the_new_id() {
         .await;
     let client = default_client(&server);
 
-    let user = client.create(&new_doc()).await.expect("201 is a success");
+    let id = client.create(&new_doc()).await.expect("201 is a success");
 
-    assert_eq!(user.id, "2819c223-7f76");
-    assert_eq!(user.user_name, "zoe.odegard@example.com");
-    assert!(user.active);
+    assert_eq!(id, "2819c223-7f76");
     assert_eq!(client.stats().requests.load(Ordering::Relaxed), 1);
     assert_eq!(retries(&client), 0);
     let accept = requests(&server).await[0]
@@ -285,9 +283,9 @@ async fn a_429_with_retry_after_seconds_is_waited_out_then_succeeds() {
         .await;
     let client = default_client(&server);
 
-    let user = client.create(&new_doc()).await.expect("the retry succeeds");
+    let id = client.create(&new_doc()).await.expect("the retry succeeds");
 
-    assert_eq!(user.id, "u-1");
+    assert_eq!(id, "u-1");
     assert!(
         arrivals.first_gap() >= Duration::from_secs(1),
         "retried after {:?}, before Retry-After: 1",
