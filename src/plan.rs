@@ -281,7 +281,9 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
         ..
     } = *inputs;
     let mut plan = Plan::default();
-    let mut seen: BTreeSet<&IdpId> = BTreeSet::new();
+    // Users read, in id order (the loop below goes through them sorted), for a merge-scan
+    // against the state's sorted records instead of a set lookup per record.
+    let mut seen: Vec<&IdpId> = Vec::with_capacity(mapped.len());
     let conflicts = user_name_conflicts(mapped, state);
 
     let mut mapped: Vec<&MappedUser> = mapped.iter().collect();
@@ -305,7 +307,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
     };
 
     for user in mapped {
-        seen.insert(&user.idp_id);
+        seen.push(&user.idp_id);
         let record = state.users.get(&user.idp_id);
         let failure = state.failures.get(&user.idp_id);
         let quarantined = failure
@@ -418,11 +420,13 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
         .filter_map(|rejected| rejected.idp_id.as_ref())
         .collect();
     let removed: BTreeSet<&IdpId> = read.removed.iter().collect();
+    let mut cursor = 0;
     for (idp_id, record) in &state.users {
-        if record.status != AccountStatus::Active
-            || seen.contains(idp_id)
-            || rejected_ids.contains(idp_id)
-        {
+        while cursor < seen.len() && seen[cursor] < idp_id {
+            cursor += 1;
+        }
+        let is_seen = cursor < seen.len() && seen[cursor] == idp_id;
+        if record.status != AccountStatus::Active || is_seen || rejected_ids.contains(idp_id) {
             continue;
         }
         if removed.contains(idp_id) {
