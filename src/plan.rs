@@ -3,6 +3,7 @@
 //! deactivations. Same inputs, same plan; it never sends, logs or waits. The executor carries
 //! the plan out; `--dry-run` only prints it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
@@ -925,35 +926,44 @@ fn deactivation(idp_id: &IdpId, record: &crate::model::UserRecord, reason: &str)
 /// it, and the others are skipped; when nobody holds it, all are skipped (never guessed: a 409
 /// would otherwise merge two people into one account). Returns each loser and who it clashes with.
 fn user_name_conflicts(mapped: &[MappedUser], state: &Snapshot) -> HashMap<IdpId, IdpId> {
-    let mut claims: HashMap<String, BTreeSet<&IdpId>> = HashMap::new();
-    let mut provisioned: BTreeSet<&IdpId> = BTreeSet::new();
+    // Every claim on a name: the provisioned users' desired names, and the names of the
+    // accounts the state holds for everyone else. Sorted by name, a clash is a run of equal
+    // names; names are folded without allocating when they are lower-case ASCII already.
+    let mut provisioned: Vec<&IdpId> = Vec::with_capacity(mapped.len());
+    let mut claims: Vec<(Cow<'_, str>, &IdpId)> =
+        Vec::with_capacity(mapped.len() + state.users.len());
     for user in mapped {
         if let Decision::Provision(attributes) = &user.decision
             && let Some(name) = user_name_of(attributes)
         {
-            provisioned.insert(&user.idp_id);
-            claims
-                .entry(fold_user_name(name))
-                .or_default()
-                .insert(&user.idp_id);
+            provisioned.push(&user.idp_id);
+            claims.push((fold_cheaply(name), &user.idp_id));
         }
     }
-    let mut holders: HashMap<String, &IdpId> = HashMap::new();
+    provisioned.sort_unstable();
     for (idp_id, record) in &state.users {
-        let name = fold_user_name(&record.user_name);
-        if !provisioned.contains(idp_id) {
-            claims.entry(name.clone()).or_default().insert(idp_id);
+        if provisioned.binary_search(&idp_id).is_err() {
+            claims.push((fold_cheaply(&record.user_name), idp_id));
         }
-        holders.entry(name).or_insert(idp_id);
     }
+    claims.sort_unstable();
+    claims.dedup();
     let mut conflicts = HashMap::new();
-    for (name, ids) in claims {
-        if ids.len() < 2 {
+    for group in claims.chunk_by(|a, b| a.0 == b.0) {
+        if group.len() < 2 {
             continue;
         }
-        let holder = holders.get(&name).copied().filter(|h| ids.contains(h));
+        let name = &group[0].0;
+        let ids: Vec<&IdpId> = group.iter().map(|(_, id)| *id).collect();
+        // The one whose account already holds the name keeps it (the first by id, as before).
+        let holder = ids.iter().copied().find(|id| {
+            state
+                .users
+                .get(*id)
+                .is_some_and(|record| fold_cheaply(&record.user_name) == *name)
+        });
         for id in &ids {
-            if Some(*id) == holder || !provisioned.contains(id) {
+            if Some(*id) == holder || provisioned.binary_search(id).is_err() {
                 continue;
             }
             let other = holder.or_else(|| ids.iter().copied().find(|other| other != id));
@@ -963,6 +973,18 @@ fn user_name_conflicts(mapped: &[MappedUser], state: &Snapshot) -> HashMap<IdpId
         }
     }
     conflicts
+}
+
+/// [`fold_user_name`] without an allocation for names that are lower-case ASCII already.
+fn fold_cheaply(name: &str) -> Cow<'_, str> {
+    if name
+        .bytes()
+        .all(|byte| byte.is_ascii() && !byte.is_ascii_uppercase())
+    {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(fold_user_name(name))
+    }
 }
 
 fn hold_reason(
