@@ -14,6 +14,21 @@ fn record(scim_id: &str) -> UserRecord {
     }
 }
 
+/// Opens a state this process had open a moment ago: sled's flusher thread can hold the file
+/// lock briefly after the last handle is dropped (a new process never sees this; its
+/// predecessor's lock went with it).
+fn reopen(path: &std::path::Path) -> Result<State, StateError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match State::open(path) {
+            Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[test]
 fn records_survive_a_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -23,7 +38,7 @@ fn records_survive_a_reopen() {
         state.record_success(&id, &record("s1")).expect("writes");
         state.flush().expect("flushes");
     }
-    let state = State::open(dir.path()).expect("reopens");
+    let state = reopen(dir.path()).expect("reopens");
     let snapshot = state.snapshot().expect("reads");
     let read_back = &snapshot.users[&id];
     let written = record("s1");
@@ -83,7 +98,7 @@ fn a_newer_format_is_refused() {
         state.set_meta("format_version", "99").expect("writes");
         state.flush().expect("flushes");
     }
-    let error = State::open(dir.path()).expect_err("newer format");
+    let error = reopen(dir.path()).expect_err("newer format");
     assert!(
         matches!(error, StateError::NewerFormat { found: 99, .. }),
         "{error}"

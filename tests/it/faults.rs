@@ -1140,6 +1140,7 @@ async fn a_state_held_by_another_process_stops_before_any_write() {
     let held = socialtalent_sync::state::State::open(&ws.state_path()).expect("open the state");
     assert_state_refused(&ws, &fake, "in use by another socialtalent-sync process");
     drop(held);
+    crate::support::wait_until_unlocked(&ws.state_path());
     let report = sync(&ws, &["--dry-run"], 0);
     assert!(ops(&report).is_empty());
 }
@@ -1154,6 +1155,7 @@ async fn a_state_from_a_newer_version_stops_before_any_write() {
         state.set_meta("format_version", "99").expect("set");
         state.flush().expect("flush");
     }
+    crate::support::wait_until_unlocked(&ws.state_path());
     assert_state_refused(&ws, &fake, "format version 99");
     let status = ws.run(&["status"]);
     assert_eq!(status.code, 1, "{}", status.stderr);
@@ -1167,5 +1169,6 @@ async fn a_state_from_a_newer_version_stops_before_any_write() {
         state.set_meta("format_version", "one").expect("set");
         state.flush().expect("flush");
     }
+    crate::support::wait_until_unlocked(&ws.state_path());
     assert_state_refused(&ws, &fake, "not a number");
 }

@@ -237,6 +237,30 @@ path = "state"
     }
 }
 
+/// Waits (bounded) until no one holds the sled lock of the state at `state_path`: after this
+/// process drops a `State`, sled's background thread can keep the lock for a moment, and a
+/// child process started then would see the state as in use. It probes the lock file with
+/// `flock` directly, which takes and releases it without starting sled.
+pub fn wait_until_unlocked(state_path: &Path) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(state_path.join("db").join("db")).expect("the sled db file");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // SAFETY: flock on a file descriptor this function owns; no memory is involved.
+        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if taken {
+            // SAFETY: as above.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the state stayed locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The bundled example directory.
 pub fn example_directory() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/directory.json");
