@@ -579,6 +579,7 @@ async fn preview(
             )),
             None,
         ),
+        Decision::Unchanged => ("in scope, unchanged since the last push", None, None),
         Decision::Inactive => ("not provisioned: inactive in the source", None, None),
         Decision::OutOfScope => ("not provisioned: outside [scope] when", None, None),
         Decision::Failed(error) => ("mapping failed", None, Some(error.to_string())),

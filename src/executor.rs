@@ -365,6 +365,8 @@ fn record_active(
             pushed: attributes.clone(),
             status: AccountStatus::Active,
             updated_at: now_rfc3339(),
+            digest: action.digest,
+            pushed_digest: None,
         },
     )
 }

@@ -14,7 +14,7 @@ use minijinja::value::{Enumerator, Object, Value as JinjaValue};
 use minijinja::{Environment, Expression, Template, UndefinedBehavior};
 use serde_json::Value;
 
-use crate::model::{Attributes, IdpId, SourceUser, attr};
+use crate::model::{Attributes, Digest, IdpId, SourceUser, attr};
 
 /// A rule as written in the configuration, before compilation.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +182,10 @@ pub enum Decision {
     Inactive,
     /// Active but outside `[scope] when`.
     OutOfScope,
+    /// Active, and the source user and the mapping are exactly as when SocialTalent last
+    /// confirmed this user's attributes (their digest matches the state's): the stored
+    /// attributes stand and the user was not mapped again.
+    Unchanged,
     /// The mapping failed; the user is skipped (and nothing is deactivated for it).
     Failed(MappingError),
 }
@@ -195,9 +199,14 @@ pub struct MappedUser {
     pub label: String,
     /// The manager's IdP id, for ordering creates.
     pub manager: Option<IdpId>,
+    /// The fingerprint of this mapping and this source user ([`Mapper::digest_of`]).
+    pub digest: Digest,
     /// The decision.
     pub decision: Decision,
 }
+
+/// Whether the state holds this digest for this user (see [`Mapper::map_all_unless`]).
+pub type Unchanged<'a> = dyn Fn(&IdpId, Digest) -> bool + Sync + 'a;
 
 /// Attributes that hold a list (a template result becomes a one-element list).
 pub const MULTI_VALUED: [&str; 2] = ["learningPaths", "teamsToManage"];
@@ -206,6 +215,9 @@ pub const MULTI_VALUED: [&str; 2] = ["learningPaths", "teamsToManage"];
 pub struct Mapper {
     compiled: CompiledCell,
     attributes: Vec<String>,
+    /// The fingerprint of everything that decides a user's attributes: the scope, the rules
+    /// and this program's version.
+    digest: u128,
 }
 
 impl std::fmt::Debug for Mapper {
@@ -419,10 +431,27 @@ impl Mapper {
                 writeback,
             })
         })?;
+        let fingerprint = format!(
+            "{} {:?} {:?}",
+            env!("CARGO_PKG_VERSION"),
+            spec.scope,
+            spec.rules
+        );
         Ok(Mapper {
             compiled,
             attributes,
+            digest: xxhash_rust::xxh3::xxh3_128(fingerprint.as_bytes()),
         })
+    }
+
+    /// The fingerprint of `user` under this mapping: equal fingerprints map to equal
+    /// attributes (templates are deterministic), so a user whose fingerprint the state holds
+    /// need not be mapped again.
+    pub fn digest_of(&self, user: &SourceUser) -> Digest {
+        let mut bytes = [0u8; 32];
+        bytes[..16].copy_from_slice(&self.digest.to_le_bytes());
+        bytes[16..].copy_from_slice(&user.digest().0.to_le_bytes());
+        Digest(xxhash_rust::xxh3::xxh3_128(&bytes))
     }
 
     /// The attributes this mapping manages (`userName` and `externalId` included).
@@ -438,7 +467,16 @@ impl Mapper {
 
     /// Decides and maps one user.
     pub fn map(&self, user: &Arc<SourceUser>) -> MappedUser {
-        let decision = if user.active {
+        self.map_unless(user, &|_: &IdpId, _: Digest| false)
+    }
+
+    /// Decides and maps one user, unless `unchanged` says the state holds its digest (then
+    /// [`Decision::Unchanged`]).
+    fn map_unless(&self, user: &Arc<SourceUser>, unchanged: &Unchanged<'_>) -> MappedUser {
+        let digest = self.digest_of(user);
+        let decision = if user.active && unchanged(&user.id, digest) {
+            Decision::Unchanged
+        } else if user.active {
             let context = user_context(user);
             match self.in_scope(&context) {
                 Ok(true) => match self.attributes_of(user, &context) {
@@ -455,23 +493,42 @@ impl Mapper {
             idp_id: user.id.clone(),
             label: user.label().to_owned(),
             manager: user.manager.as_ref().map(|manager| manager.id.clone()),
+            digest,
             decision,
         }
     }
 
     /// Maps every user (in parallel on large inputs; the result keeps the input order).
     pub fn map_all(&self, users: &[Arc<SourceUser>]) -> Vec<MappedUser> {
+        self.map_all_unless(users, &|_: &IdpId, _: Digest| false)
+    }
+
+    /// Maps every user except those `unchanged` recognises by their digest, which get
+    /// [`Decision::Unchanged`] without being mapped (in parallel on large inputs; the result
+    /// keeps the input order).
+    pub fn map_all_unless(
+        &self,
+        users: &[Arc<SourceUser>],
+        unchanged: &Unchanged<'_>,
+    ) -> Vec<MappedUser> {
         const PARALLEL_FROM: usize = 2_000;
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         if users.len() < PARALLEL_FROM || threads < 2 {
-            return users.iter().map(|user| self.map(user)).collect();
+            return users
+                .iter()
+                .map(|user| self.map_unless(user, unchanged))
+                .collect();
         }
         let chunk = users.len().div_ceil(threads);
         std::thread::scope(|scope| {
             let handles: Vec<_> = users
                 .chunks(chunk)
                 .map(|part| {
-                    scope.spawn(move || part.iter().map(|u| self.map(u)).collect::<Vec<_>>())
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|u| self.map_unless(u, unchanged))
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect();
             handles
@@ -848,7 +905,7 @@ impl Object for UserObject {
                 .collect(),
             "attrs" => self
                 .attrs
-                .get_or_init(|| object_to_jinja(&user.attrs))
+                .get_or_init(|| object_to_jinja(&user.attrs.to_map()))
                 .clone(),
             _ => return None,
         };

@@ -93,7 +93,7 @@ pub struct SourceUser {
     /// Group names (already narrowed by `[source.*] groups`).
     pub groups: Vec<String>,
     /// Every attribute the source returned, by its source name.
-    pub attrs: serde_json::Map<String, Value>,
+    pub attrs: Attrs,
 }
 
 impl SourceUser {
@@ -113,6 +113,174 @@ impl SourceUser {
             email: self.email.clone(),
             display_name: self.display_name.clone(),
         }
+    }
+}
+
+/// A source user's raw attributes (`user.attrs`), kept as compact JSON text: about a tenth of
+/// the memory of a parsed map, and parsed only when a template or write-back looks inside.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Attrs(Box<str>);
+
+impl Attrs {
+    /// No attributes.
+    pub fn empty() -> Attrs {
+        Attrs("{}".into())
+    }
+
+    /// Attributes from a parsed map.
+    pub fn from_map(map: &serde_json::Map<String, Value>) -> Attrs {
+        // Serialising a map of JSON values cannot fail (its keys are strings).
+        Attrs(
+            serde_json::to_string(map)
+                .unwrap_or_else(|_| "{}".to_owned())
+                .into(),
+        )
+    }
+
+    /// The attributes as a map (parsed on each call).
+    pub fn to_map(&self) -> serde_json::Map<String, Value> {
+        // The text was produced by `from_map`, so it always parses.
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+
+    /// One attribute (parses the text; for occasional lookups).
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.to_map().remove(key)
+    }
+
+    /// The compact JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Attrs {
+    fn default() -> Self {
+        Attrs::empty()
+    }
+}
+
+impl fmt::Debug for Attrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<serde_json::Map<String, Value>> for Attrs {
+    fn from(map: serde_json::Map<String, Value>) -> Self {
+        Attrs::from_map(&map)
+    }
+}
+
+impl Serialize for Attrs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_map().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Attrs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_json::Map::<String, Value>::deserialize(deserializer).map(|map| Attrs::from_map(&map))
+    }
+}
+
+/// A 128-bit fingerprint (XXH3) used to tell "unchanged" without keeping or comparing the
+/// values themselves. Not a security measure: only equal inputs are expected to collide.
+/// Stored as 32 hexadecimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub u128);
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:032x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        u128::from_str_radix(&text, 16)
+            .map(Digest)
+            .map_err(|_| serde::de::Error::custom(format!("not a digest: {text:?}")))
+    }
+}
+
+/// The fingerprint of a set of attributes, equal for values [`same_value`] calls the same in
+/// the common cases (userName in any case, lists in any order): equal digests mean no
+/// attribute differs, different digests mean "compare them".
+pub fn attributes_digest<'a>(
+    attributes: impl IntoIterator<Item = (&'a String, &'a Value)>,
+) -> Digest {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buffer = Vec::new();
+    for (name, value) in attributes {
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        buffer.clear();
+        match value {
+            Value::String(text) if name == attr::USER_NAME => {
+                buffer.extend_from_slice(b"s");
+                buffer.extend_from_slice(text.to_lowercase().as_bytes());
+            }
+            Value::Array(items) => {
+                let mut items: Vec<String> = items.iter().map(Value::to_string).collect();
+                items.sort_unstable();
+                buffer.extend_from_slice(b"a");
+                for item in items {
+                    buffer.extend_from_slice(&(item.len() as u64).to_le_bytes());
+                    buffer.extend_from_slice(item.as_bytes());
+                }
+            }
+            other => {
+                buffer.extend_from_slice(b"v");
+                buffer.extend_from_slice(other.to_string().as_bytes());
+            }
+        }
+        hasher.update(&(buffer.len() as u64).to_le_bytes());
+        hasher.update(&buffer);
+    }
+    Digest(hasher.digest128())
+}
+
+impl SourceUser {
+    /// This user's fingerprint: every field templates can see, in a fixed order.
+    pub fn digest(&self) -> Digest {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut text = |value: Option<&str>| match value {
+            Some(text) => {
+                hasher.update(&[1]);
+                hasher.update(&(text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+            None => hasher.update(&[0]),
+        };
+        text(Some(&self.id.0));
+        text(self.login.as_deref());
+        text(self.email.as_deref());
+        text(self.given_name.as_deref());
+        text(self.family_name.as_deref());
+        text(self.display_name.as_deref());
+        text(Some(if self.active { "1" } else { "0" }));
+        text(self.status.as_deref());
+        text(self.department.as_deref());
+        text(self.title.as_deref());
+        text(self.employee_id.as_deref());
+        text(self.manager_id.as_ref().map(|id| id.0.as_str()));
+        match &self.manager {
+            Some(manager) => {
+                text(Some(&manager.id.0));
+                text(manager.login.as_deref());
+                text(manager.email.as_deref());
+                text(manager.display_name.as_deref());
+            }
+            None => text(None),
+        }
+        text(Some(&self.groups.len().to_string()));
+        for group in &self.groups {
+            text(Some(group));
+        }
+        text(Some(self.attrs.as_json()));
+        Digest(hasher.digest128())
     }
 }
 
@@ -239,6 +407,10 @@ pub struct TargetUser {
     pub attributes: Attributes,
     /// Other top-level attributes, kept as they are for `PUT`.
     pub extras: serde_json::Map<String, Value>,
+    /// Set when the read-back found this account holding exactly what the state says we
+    /// pushed for an unchanged user: the fingerprint of its managed attributes. `attributes`
+    /// and `extras` were then dropped to save memory, as nothing in the plan reads them.
+    pub compacted: Option<Digest>,
 }
 
 /// Whether a provisioned account is active in SocialTalent.
@@ -264,6 +436,47 @@ pub struct UserRecord {
     pub status: AccountStatus,
     /// When this record last changed (RFC 3339).
     pub updated_at: String,
+    /// The fingerprint of the mapping and the source user that produced `pushed`
+    /// ([`crate::mapping::Mapper::digest_of`]): while it matches, the user is unchanged and
+    /// is not mapped again. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// The fingerprint of `pushed` ([`attributes_digest`]); the state sets it on every write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_digest: Option<Digest>,
+}
+
+/// One provisioned IdP user as the planner sees it: a [`UserRecord`] whose attributes are
+/// loaded only when the run needs them (a snapshot holds 100,000 of these).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KnownUser {
+    /// SocialTalent's SCIM id.
+    pub scim_id: String,
+    /// The `userName` last confirmed by SocialTalent.
+    pub user_name: String,
+    /// Active or deactivated.
+    pub status: AccountStatus,
+    /// See [`UserRecord::digest`].
+    pub digest: Option<Digest>,
+    /// See [`UserRecord::pushed_digest`].
+    pub pushed_digest: Option<Digest>,
+    /// The attributes last confirmed by SocialTalent, when loaded
+    /// ([`crate::state::State::load_pushed`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<Attributes>,
+}
+
+impl From<UserRecord> for KnownUser {
+    fn from(record: UserRecord) -> Self {
+        KnownUser {
+            scim_id: record.scim_id,
+            user_name: record.user_name,
+            status: record.status,
+            digest: record.digest,
+            pushed_digest: record.pushed_digest,
+            pushed: Some(record.pushed),
+        }
+    }
 }
 
 /// Consecutive failed runs of one user.
@@ -283,7 +496,7 @@ pub struct FailureRecord {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// Provisioned users by IdP id.
-    pub users: BTreeMap<IdpId, UserRecord>,
+    pub users: BTreeMap<IdpId, KnownUser>,
     /// Users whose last writes failed, by IdP id.
     pub failures: BTreeMap<IdpId, FailureRecord>,
 }

@@ -12,8 +12,8 @@ use serde_json::Value;
 use crate::config::{DriftPolicy, OrphanPolicy, SafetyConfig};
 use crate::mapping::{Decision, MappedUser};
 use crate::model::{
-    AccountStatus, Attributes, IdpId, Snapshot, SourceRead, TargetUser, attr, fold_user_name,
-    same_value,
+    AccountStatus, Attributes, Digest, IdpId, KnownUser, Snapshot, SourceRead, TargetUser, attr,
+    attributes_digest, fold_user_name, same_value,
 };
 
 /// What an action does.
@@ -90,6 +90,10 @@ pub struct Action {
     /// What a `PUT` must keep (read-back runs).
     #[serde(skip)]
     pub keep: Option<std::sync::Arc<Kept>>,
+    /// The fingerprint of the source user and mapping the attributes come from, recorded
+    /// with them once SocialTalent confirms the write.
+    #[serde(skip)]
+    pub digest: Option<Digest>,
 }
 
 impl Action {
@@ -106,6 +110,7 @@ impl Action {
             error: None,
             wave: 0,
             keep: None,
+            digest: None,
         }
     }
 }
@@ -125,6 +130,10 @@ pub struct Plan {
     pub drift: Vec<Drift>,
     /// Active SocialTalent accounts that no IdP user in scope has.
     pub orphans: Vec<Orphan>,
+    /// Users found unchanged by comparing their attributes whose state record lacks their
+    /// current digest (an older state, or a source change that maps to the same values): the
+    /// state records the digest so that the next run recognises them without mapping.
+    pub refresh: Vec<(IdpId, Digest)>,
 }
 
 /// One attribute changed in SocialTalent since we pushed it.
@@ -319,7 +328,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                 plan.in_scope += 1;
                 plan.actions.push(skip(user, record, error.to_string()));
             }
-            Decision::Provision(attributes) => {
+            Decision::Provision(_) | Decision::Unchanged => {
                 plan.in_scope += 1;
                 if let Some(failure) = quarantined {
                     plan.actions.push(skip(
@@ -332,6 +341,20 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                     ));
                     continue;
                 }
+                if user.decision == Decision::Unchanged
+                    && let Some(record) = record
+                    && unchanged_at_target(user, record, target.as_ref(), inputs.managed)
+                {
+                    plan.unchanged += 1;
+                    continue;
+                }
+                let attributes = match desired(user, record) {
+                    Ok(attributes) => attributes,
+                    Err(error) => {
+                        plan.actions.push(skip(user, record, error));
+                        continue;
+                    }
+                };
                 if let Some(other) = conflicts.get(&user.idp_id) {
                     plan.actions.push(skip(
                         user,
@@ -345,17 +368,27 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                 }
                 let user_name = user_name_of(attributes).unwrap_or(&user.label).to_owned();
                 let planned = match (record, &target) {
-                    (Some(record), None) => against_state(user, &user_name, record, attributes),
+                    (Some(record), None) => match &record.pushed {
+                        Some(pushed) => against_state(user, &user_name, record, pushed, attributes),
+                        None => Some(skip(user, Some(record), NOT_LOADED.into())),
+                    },
                     (Some(record), Some(index)) => match index.by_id.get(record.scim_id.as_str()) {
-                        Some(account) => against_account(
-                            user,
-                            &user_name,
-                            record,
-                            account,
-                            attributes,
-                            &mut context,
-                            &mut plan.drift,
-                        ),
+                        Some(account) if account.compacted.is_some() => {
+                            Some(skip(user, Some(record), NOT_LOADED.into()))
+                        }
+                        Some(account) => match &record.pushed {
+                            Some(pushed) => against_account(
+                                user,
+                                &user_name,
+                                record,
+                                pushed,
+                                account,
+                                attributes,
+                                &mut context,
+                                &mut plan.drift,
+                            ),
+                            None => Some(skip(user, Some(record), NOT_LOADED.into())),
+                        },
                         None => adopt_or_create(
                             user,
                             &user_name,
@@ -375,8 +408,20 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                     ),
                 };
                 match planned {
-                    Some(action) => plan.actions.push(action),
-                    None => plan.unchanged += 1,
+                    Some(mut action) => {
+                        if action.attributes.is_some() {
+                            action.digest = Some(user.digest);
+                        }
+                        plan.actions.push(action);
+                    }
+                    None => {
+                        plan.unchanged += 1;
+                        if let Some(record) = record
+                            && record.digest != Some(user.digest)
+                        {
+                            plan.refresh.push((user.idp_id.clone(), user.digest));
+                        }
+                    }
                 }
             }
             Decision::Inactive | Decision::OutOfScope => {
@@ -411,6 +456,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
             error: Some(format!("{}: {}", rejected.location, rejected.error)),
             wave: 0,
             keep: None,
+            digest: None,
         });
     }
 
@@ -579,15 +625,16 @@ impl<'a> TargetIndex<'a> {
 fn against_state(
     user: &MappedUser,
     user_name: &str,
-    record: &crate::model::UserRecord,
+    record: &KnownUser,
+    pushed: &Attributes,
     attributes: &Attributes,
 ) -> Option<Action> {
-    // The common case of a no-change run: equal maps need no field-by-field diff (values are
-    // kept normalised, so equal means unchanged).
-    if record.status == AccountStatus::Active && record.pushed == *attributes {
+    // Equal maps need no field-by-field diff (values are kept normalised, so equal means
+    // unchanged).
+    if record.status == AccountStatus::Active && pushed == attributes {
         return None;
     }
-    let changes = diff(&record.pushed, attributes);
+    let changes = diff(pushed, attributes);
     let op = match record.status {
         AccountStatus::Deactivated => Op::Reactivate,
         AccountStatus::Active if changes.is_empty() => return None,
@@ -636,10 +683,12 @@ fn same(attribute: &str, left: Option<&Value>, right: Option<&Value>) -> bool {
 
 /// The plan for a user the state knows, against what SocialTalent holds: drift is what changed
 /// there since our push; it is repaired or only reported; our own changes always go out.
+#[allow(clippy::too_many_arguments)]
 fn against_account(
     user: &MappedUser,
     user_name: &str,
-    record: &crate::model::UserRecord,
+    record: &KnownUser,
+    pushed: &Attributes,
     account: &TargetUser,
     attributes: &Attributes,
     context: &mut Context<'_>,
@@ -649,7 +698,7 @@ fn against_account(
     let repair = context.drift_policy == DriftPolicy::Repair;
     let mut drifted = Vec::new();
     for name in context.managed {
-        let ours = record.pushed.get(name);
+        let ours = pushed.get(name);
         let theirs = current.get(name);
         // A value that already is what we want is not drift, even if the state remembers an
         // older push (a write confirmed but not recorded before a crash).
@@ -683,7 +732,7 @@ fn against_account(
             !drifted.contains(&change.attribute.as_str())
                 || !same(
                     &change.attribute,
-                    record.pushed.get(&change.attribute),
+                    pushed.get(&change.attribute),
                     attributes.get(&change.attribute),
                 )
         });
@@ -695,7 +744,7 @@ fn against_account(
         && changes.iter().all(|change| {
             same(
                 &change.attribute,
-                record.pushed.get(&change.attribute),
+                pushed.get(&change.attribute),
                 attributes.get(&change.attribute),
             )
         });
@@ -708,7 +757,7 @@ fn against_account(
             // SocialTalent already holds what we want. If the state remembers an older push (a
             // write confirmed but not recorded before a crash), record the account as it is:
             // otherwise a later change back would look like drift.
-            if diff(&managed_part(&record.pushed, context.managed), attributes).is_empty() {
+            if diff(&managed_part(pushed, context.managed), attributes).is_empty() {
                 return None;
             }
             return Some(Action {
@@ -882,11 +931,144 @@ fn missing_for_create(attributes: &Attributes) -> Option<String> {
         .map(|name| format!("{name} is empty; it is mandatory on create"))
 }
 
+/// The message of a user the planner cannot plan because its run did not load what it needs.
+const NOT_LOADED: &str =
+    "internal: the state's attributes for this user were not loaded; retried next run";
+
+/// The attributes a provisioned user should have: the mapped ones, or (when unchanged) the
+/// ones SocialTalent last confirmed.
+fn desired<'a>(
+    user: &'a MappedUser,
+    record: Option<&'a KnownUser>,
+) -> Result<&'a Attributes, String> {
+    match (&user.decision, record) {
+        (Decision::Provision(attributes), _) => Ok(attributes),
+        (Decision::Unchanged, Some(record)) => {
+            record.pushed.as_ref().ok_or_else(|| NOT_LOADED.into())
+        }
+        _ => Err("internal: an unchanged user without a state record; retried next run".into()),
+    }
+}
+
+/// Whether an [`Decision::Unchanged`] user needs nothing: its record is active and carries
+/// its digest, and (on read-back runs) its account is active and holds what we pushed.
+fn unchanged_at_target(
+    user: &MappedUser,
+    record: &KnownUser,
+    target: Option<&TargetIndex<'_>>,
+    managed: &[String],
+) -> bool {
+    if record.status != AccountStatus::Active || record.digest != Some(user.digest) {
+        return false;
+    }
+    let Some(index) = target else {
+        return true;
+    };
+    index
+        .by_id
+        .get(record.scim_id.as_str())
+        .is_some_and(|account| {
+            account.active
+                && record.pushed_digest.is_some()
+                && record.pushed_digest == Some(account_digest(account, managed))
+        })
+}
+
+/// The fingerprint of the managed part of an account, comparable with a record's
+/// `pushed_digest`.
+pub fn account_digest(account: &TargetUser, managed: &[String]) -> Digest {
+    if let Some(digest) = account.compacted {
+        return digest;
+    }
+    attributes_digest(
+        account
+            .attributes
+            .iter()
+            .filter(|(name, _)| managed.contains(name)),
+    )
+}
+
+/// Drops, as the read-back reads them, the attributes of accounts the plan will find
+/// unchanged: accounts active in SocialTalent that hold exactly what the state says we pushed
+/// for an [`Decision::Unchanged`] user ([`TargetUser::compacted`]). Every other account is
+/// kept whole (adoption, drift and `PUT` need it).
+#[derive(Debug, Clone, Default)]
+pub struct Compactor {
+    /// SocialTalent id → the pushed digest of its unchanged owner.
+    owners: HashMap<String, Digest>,
+    managed: Vec<String>,
+}
+
+impl Compactor {
+    /// The compactor for a run's mapping decisions and state.
+    pub fn new(mapped: &[MappedUser], state: &Snapshot, managed: &[String]) -> Compactor {
+        let owners = mapped
+            .iter()
+            .filter(|user| user.decision == Decision::Unchanged)
+            .filter_map(|user| {
+                let record = state.users.get(&user.idp_id)?;
+                let unchanged =
+                    record.status == AccountStatus::Active && record.digest == Some(user.digest);
+                unchanged
+                    .then_some(record.pushed_digest)
+                    .flatten()
+                    .map(|digest| (record.scim_id.clone(), digest))
+            })
+            .collect();
+        Compactor {
+            owners,
+            managed: managed.to_vec(),
+        }
+    }
+
+    /// The account, with its attributes dropped when the plan will not read them.
+    pub fn compact(&self, mut account: TargetUser) -> TargetUser {
+        if !account.active || account.compacted.is_some() {
+            return account;
+        }
+        let Some(pushed) = self.owners.get(&account.id) else {
+            return account;
+        };
+        let digest = account_digest(&account, &self.managed);
+        if digest == *pushed {
+            account.attributes = Attributes::new();
+            account.extras = serde_json::Map::new();
+            account.compacted = Some(digest);
+        }
+        account
+    }
+}
+
+/// The users whose stored attributes this run's plan compares, so that the state loads them
+/// (and only them) before [`build`]: provisioned users that were mapped, and unchanged users
+/// whose account differs from what we pushed.
+pub fn needs_pushed(
+    mapped: &[MappedUser],
+    state: &Snapshot,
+    target: Option<&[TargetUser]>,
+    managed: &[String],
+) -> Vec<IdpId> {
+    let index = target.map(TargetIndex::of);
+    mapped
+        .iter()
+        .filter(
+            |user| match (&user.decision, state.users.get(&user.idp_id)) {
+                (Decision::Provision(_), Some(_)) => true,
+                (Decision::Unchanged, Some(record)) => {
+                    !unchanged_at_target(user, record, index.as_ref(), managed)
+                }
+                _ => false,
+            },
+        )
+        .map(|user| user.idp_id.clone())
+        .collect()
+}
+
 fn user_name_of(attributes: &Attributes) -> Option<&str> {
     attributes.get(attr::USER_NAME).and_then(Value::as_str)
 }
 
-fn skip(user: &MappedUser, record: Option<&crate::model::UserRecord>, error: String) -> Action {
+fn skip(user: &MappedUser, record: Option<&KnownUser>, error: String) -> Action {
     Action {
         op: Op::Skip,
         idp_id: user.idp_id.clone(),
@@ -903,10 +1085,11 @@ fn skip(user: &MappedUser, record: Option<&crate::model::UserRecord>, error: Str
         error: Some(error),
         wave: 0,
         keep: None,
+        digest: None,
     }
 }
 
-fn deactivation(idp_id: &IdpId, record: &crate::model::UserRecord, reason: &str) -> Action {
+fn deactivation(idp_id: &IdpId, record: &KnownUser, reason: &str) -> Action {
     Action {
         op: Op::Deactivate,
         idp_id: idp_id.clone(),
@@ -918,6 +1101,7 @@ fn deactivation(idp_id: &IdpId, record: &crate::model::UserRecord, reason: &str)
         error: None,
         wave: 0,
         keep: None,
+        digest: None,
     }
 }
 

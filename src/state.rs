@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    CacheUpdate, FailureRecord, IdpId, Snapshot, SourceCommit, SourceUser, UserRecord,
+    AccountStatus, CacheUpdate, Digest, FailureRecord, IdpId, KnownUser, Snapshot, SourceCommit,
+    SourceUser, UserRecord, attributes_digest,
 };
 use crate::plan::Summary;
 
-/// The on-disk format this build writes and understands.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes and understands. Version 2 keeps each user's pushed
+/// attributes in their own tree (`pushed`), apart from the small record in `users`, so that
+/// loading the state reads only the records; a version-1 state is converted on open.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// How many runs the history keeps.
 const RUNS_KEPT: usize = 200;
@@ -23,7 +26,10 @@ const FAILURES: &str = "failures";
 const RUNS: &str = "runs";
 const META: &str = "meta";
 const SOURCE: &str = "source";
+const PUSHED: &str = "pushed";
 const OWNER_FILE: &str = "owner";
+/// sled's page cache.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A state problem; every variant names the directory.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +107,23 @@ pub struct State {
     runs: sled::Tree,
     meta: sled::Tree,
     source: sled::Tree,
+    pushed: sled::Tree,
+}
+
+/// A user record as the `users` tree holds it: everything but the attributes, which are in
+/// the `pushed` tree under the same key. (A version-1 record also holds `pushed`; serde
+/// skips it without building it.)
+#[derive(Serialize, Deserialize)]
+struct Head {
+    scim_id: String,
+    user_name: String,
+    status: AccountStatus,
+    #[serde(default)]
+    updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pushed_digest: Option<Digest>,
 }
 
 impl State {
@@ -117,6 +140,9 @@ impl State {
         let db = sled::Config::new()
             .path(path.join("db"))
             .mode(sled::Mode::LowSpace)
+            // sled caches up to 1 GiB by default; the state is read once per run and written
+            // per user, so a small cache keeps the daemon and a 100,000-user run lean.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|error| open_error(path, error))?;
         let tree = |name: &str| {
@@ -130,6 +156,7 @@ impl State {
             runs: tree(RUNS)?,
             meta: tree(META)?,
             source: tree(SOURCE)?,
+            pushed: tree(PUSHED)?,
             db,
         };
         match state.meta_u32("format_version")? {
@@ -139,7 +166,12 @@ impl State {
                     found,
                 });
             }
-            Some(_) => {}
+            Some(FORMAT_VERSION) => {}
+            Some(_) => {
+                state.split_records()?;
+                state.set_meta("format_version", &FORMAT_VERSION.to_string())?;
+                state.flush()?;
+            }
             None => state.set_meta("format_version", &FORMAT_VERSION.to_string())?,
         }
         let owner = format!(
@@ -157,7 +189,8 @@ impl State {
         &self.path
     }
 
-    /// Reads every user record and failure record.
+    /// Reads every user record and failure record, without the users' pushed attributes
+    /// (see [`State::load_pushed`]): a snapshot of 100,000 users stays small.
     ///
     /// # Errors
     /// [`StateError::Storage`] when a record cannot be read or decoded.
@@ -165,8 +198,18 @@ impl State {
         let mut snapshot = Snapshot::default();
         for item in self.users.iter() {
             let (key, value) = item.map_err(|error| self.storage(error))?;
-            let record: UserRecord = self.decode(&key, &value)?;
-            snapshot.users.insert(id_of(&key), record);
+            let head: Head = self.decode(&key, &value)?;
+            snapshot.users.insert(
+                id_of(&key),
+                KnownUser {
+                    scim_id: head.scim_id,
+                    user_name: head.user_name,
+                    status: head.status,
+                    digest: head.digest,
+                    pushed_digest: head.pushed_digest,
+                    pushed: None,
+                },
+            );
         }
         for item in self.failures.iter() {
             let (key, value) = item.map_err(|error| self.storage(error))?;
@@ -176,19 +219,88 @@ impl State {
         Ok(snapshot)
     }
 
+    /// Loads the pushed attributes of these users into the snapshot (users without a record
+    /// are left out).
+    ///
+    /// # Errors
+    /// [`StateError::Storage`] when a record cannot be read or decoded.
+    pub fn load_pushed(&self, snapshot: &mut Snapshot, ids: &[IdpId]) -> Result<(), StateError> {
+        for idp_id in ids {
+            if let Some(known) = snapshot.users.get_mut(idp_id) {
+                known.pushed = Some(self.pushed_of(idp_id)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that these users' stored attributes are what their current digest maps to
+    /// (the planner compared them), so that the next run need not map them again. Users whose
+    /// record is gone or inactive are left alone.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn refresh_digests(&self, refresh: &[(IdpId, Digest)]) -> Result<(), StateError> {
+        for (idp_id, digest) in refresh {
+            if let Some(mut record) = self.user(idp_id)?
+                && record.status == AccountStatus::Active
+                && record.digest != Some(*digest)
+            {
+                record.digest = Some(*digest);
+                self.write_user(idp_id, &mut record)?;
+            }
+        }
+        Ok(())
+    }
+
     /// One user's record.
     ///
     /// # Errors
     /// [`StateError::Storage`].
     pub fn user(&self, idp_id: &IdpId) -> Result<Option<UserRecord>, StateError> {
-        match self
+        let Some(value) = self
             .users
             .get(idp_id.0.as_bytes())
             .map_err(|e| self.storage(e))?
-        {
-            Some(value) => Ok(Some(self.decode(idp_id.0.as_bytes(), &value)?)),
-            None => Ok(None),
+        else {
+            return Ok(None);
+        };
+        let head: Head = self.decode(idp_id.0.as_bytes(), &value)?;
+        Ok(Some(UserRecord {
+            scim_id: head.scim_id,
+            user_name: head.user_name,
+            pushed: self.pushed_of(idp_id)?,
+            status: head.status,
+            updated_at: head.updated_at,
+            digest: head.digest,
+            pushed_digest: head.pushed_digest,
+        }))
+    }
+
+    /// A user's pushed attributes.
+    fn pushed_of(&self, idp_id: &IdpId) -> Result<crate::model::Attributes, StateError> {
+        let key = idp_id.0.as_bytes();
+        match self.pushed.get(key).map_err(|e| self.storage(e))? {
+            Some(value) => self.decode(key, &value),
+            None => Err(self.storage(format!(
+                "the record of {idp_id} has no attributes in the `pushed` tree"
+            ))),
         }
+    }
+
+    /// Converts version-1 records (attributes inline) to version 2. Each user's attributes
+    /// are written before its record shrinks, so an interrupted conversion is simply done
+    /// again on the next open.
+    fn split_records(&self) -> Result<(), StateError> {
+        for item in self.users.iter() {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            let inline: serde_json::Value = self.decode(&key, &value)?;
+            if inline.get("pushed").is_none() {
+                continue;
+            }
+            let mut record: UserRecord = self.decode(&key, &value)?;
+            self.write_user(&id_of(&key), &mut record)?;
+        }
+        Ok(())
     }
 
     /// Records a write SocialTalent confirmed, and clears the user's failure count.
@@ -196,13 +308,34 @@ impl State {
     /// # Errors
     /// [`StateError::Storage`].
     pub fn record_success(&self, idp_id: &IdpId, record: &UserRecord) -> Result<(), StateError> {
-        let value = serde_json::to_vec(record).map_err(|e| self.storage(e))?;
-        self.users
-            .insert(idp_id.0.as_bytes(), value)
-            .map_err(|e| self.storage(e))?;
+        self.write_user(idp_id, &mut record.clone())?;
         self.failures
             .remove(idp_id.0.as_bytes())
             .map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    /// Writes a user record, with the digest of its attributes.
+    ///
+    /// The attributes go first: should the process die between the two writes, the old
+    /// record (and its digests) still stands, and the next run compares and repairs.
+    fn write_user(&self, idp_id: &IdpId, record: &mut UserRecord) -> Result<(), StateError> {
+        record.pushed_digest = Some(attributes_digest(&record.pushed));
+        let key = idp_id.0.as_bytes();
+        let pushed = serde_json::to_vec(&record.pushed).map_err(|e| self.storage(e))?;
+        self.pushed
+            .insert(key, pushed)
+            .map_err(|e| self.storage(e))?;
+        let head = Head {
+            scim_id: record.scim_id.clone(),
+            user_name: record.user_name.clone(),
+            status: record.status,
+            updated_at: record.updated_at.clone(),
+            digest: record.digest,
+            pushed_digest: record.pushed_digest,
+        };
+        let value = serde_json::to_vec(&head).map_err(|e| self.storage(e))?;
+        self.users.insert(key, value).map_err(|e| self.storage(e))?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SecretError};
 use crate::executor::{self, ActionResult, WriteSettings};
 use crate::mapping::MappedUser;
-use crate::model::{IdpId, Snapshot, SourceRead};
+use crate::model::{AccountStatus, IdpId, Snapshot, SourceRead};
 use crate::net::limiter::Limiter;
 use crate::plan::{self, Op, Plan};
 use crate::scim::client::ScimClient;
@@ -123,6 +123,11 @@ pub struct Planned {
 
 /// Reads, maps and plans, touching nothing.
 ///
+/// Users whose digest the state holds are not mapped again
+/// ([`crate::mapping::Decision::Unchanged`]), and
+/// only the stored attributes the plan compares are loaded: a run's memory and time follow
+/// what changed, not the size of the directory.
+///
 /// # Errors
 /// [`SyncError`] when the source or the state cannot be read.
 pub async fn plan_run(
@@ -130,21 +135,48 @@ pub async fn plan_run(
     state: Option<&State>,
     options: Options,
 ) -> Result<Planned, SyncError> {
-    let snapshot = match state {
-        Some(state) => state.snapshot()?,
+    let started = std::time::Instant::now();
+    // The state loads while the source is read.
+    let loading = state
+        .cloned()
+        .map(|state| tokio::task::spawn_blocking(move || state.snapshot()));
+    let mut read = source::read(&config.source, state, options.full).await?;
+    let snapshot = match loading {
+        Some(task) => task.await.map_err(|error| {
+            SyncError::Internal(format!("the state loading task failed: {error}"))
+        })??,
         None => Snapshot::default(),
     };
-    let mut read = source::read(&config.source, state, options.full).await?;
     if let (false, Some(state)) = (read.full, state) {
         retry_failing_users(&mut read, &snapshot, state)?;
     }
-    // Full runs read SocialTalent back (adoption, drift, orphans).
+    tracing::debug!(message = "Source read.", users = read.users.len(), elapsed = ?started.elapsed());
+    let shared = Arc::new(config.clone());
+    // Mapping 100,000 users is CPU work: keep it off the async workers.
+    let (read, mapped, mut snapshot) = tokio::task::spawn_blocking(move || {
+        let mapped = shared
+            .mapping
+            .map_all_unless(&read.users, &|idp_id, digest| {
+                snapshot.users.get(idp_id).is_some_and(|record| {
+                    record.status == AccountStatus::Active && record.digest == Some(digest)
+                })
+            });
+        (read, mapped, snapshot)
+    })
+    .await
+    .map_err(|error| SyncError::Internal(format!("the mapping task failed: {error}")))?;
+    tracing::debug!(message = "Users mapped.", elapsed = ?started.elapsed());
+    let managed = config.mapping.attributes();
+    // Full runs read SocialTalent back (adoption, drift, orphans); accounts of unchanged users
+    // that still hold what we pushed are kept as ids only.
     let target = if read.full && config.reconcile.read_back {
         let client = scim_client(config)?;
+        let compactor = plan::Compactor::new(&mapped, &snapshot, &managed);
         let accounts = client
             .read_all(
                 config.reconcile.page_size as usize,
                 config.target.max_in_flight,
+                &|account| compactor.compact(account),
             )
             .await?;
         tracing::info!(
@@ -155,15 +187,24 @@ pub async fn plan_run(
     } else {
         None
     };
+    if let Some(state) = state {
+        let wanted = plan::needs_pushed(&mapped, &snapshot, target.as_deref(), &managed);
+        state.load_pushed(&mut snapshot, &wanted)?;
+        tracing::debug!(message = "Stored attributes loaded.", users = wanted.len(), elapsed = ?started.elapsed());
+    }
     let config = Arc::new(config.clone());
     let allow = options.allow_deactivations;
-    // Mapping 100,000 users is CPU work: keep it off the async workers.
-    tokio::task::spawn_blocking(move || plan_with(&config, read, snapshot, target, allow))
-        .await
-        .map_err(|error| SyncError::Internal(format!("the planning task failed: {error}")))
+    let planned = tokio::task::spawn_blocking(move || {
+        plan_mapped(&config, read, mapped, snapshot, target, allow)
+    })
+    .await
+    .map_err(|error| SyncError::Internal(format!("the planning task failed: {error}")))?;
+    tracing::debug!(message = "Planned.", actions = planned.plan.actions.len(), elapsed = ?started.elapsed());
+    Ok(planned)
 }
 
-/// Maps and plans a read that is already in hand (for `preview`), without read-back.
+/// Maps (every user, without the unchanged shortcut, so that `preview` shows the mapped
+/// document) and plans a read that is already in hand, without read-back.
 ///
 /// # Errors
 /// [`SyncError::State`] when the state cannot be read.
@@ -173,21 +214,34 @@ pub fn plan_read(
     read: SourceRead,
     allow_deactivations: bool,
 ) -> Result<Planned, SyncError> {
-    let snapshot = match state {
+    let mapped = config.mapping.map_all(&read.users);
+    let mut snapshot = match state {
         Some(state) => state.snapshot()?,
         None => Snapshot::default(),
     };
-    Ok(plan_with(config, read, snapshot, None, allow_deactivations))
+    if let Some(state) = state {
+        let managed = config.mapping.attributes();
+        let wanted = plan::needs_pushed(&mapped, &snapshot, None, &managed);
+        state.load_pushed(&mut snapshot, &wanted)?;
+    }
+    Ok(plan_mapped(
+        config,
+        read,
+        mapped,
+        snapshot,
+        None,
+        allow_deactivations,
+    ))
 }
 
-fn plan_with(
+fn plan_mapped(
     config: &Config,
     read: SourceRead,
+    mapped: Vec<MappedUser>,
     snapshot: Snapshot,
     target: Option<Vec<crate::model::TargetUser>>,
     allow_deactivations: bool,
 ) -> Planned {
-    let mapped = config.mapping.map_all(&read.users);
     let managed = config.mapping.attributes();
     let mut plan = plan::build(&plan::Inputs {
         read: &read,
@@ -433,6 +487,8 @@ pub async fn run_once(
         stats = Some(ClientStatistics::of(&client));
         execution
     };
+    // Users found unchanged by comparison get their digest, so the next run skips them.
+    state.refresh_digests(&plan.refresh)?;
     let mut results = execution.results;
     if execution.stopped.is_none() {
         for (action, result) in write_back(config, state, &mapped, &read).await? {

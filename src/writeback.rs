@@ -16,7 +16,8 @@ use crate::plan::{Action, Change, Op};
 /// (`onPremisesExtensionAttributes.extensionAttribute1`).
 pub fn current_value(user: &SourceUser, attribute: &str) -> Option<String> {
     let mut parts = attribute.split('.');
-    let mut value = user.attrs.get(parts.next()?)?;
+    let attrs = user.attrs.to_map();
+    let mut value = attrs.get(parts.next()?)?;
     for part in parts {
         value = value.get(part)?;
     }
@@ -43,7 +44,10 @@ pub fn plan(
         users.iter().map(|user| (&user.id, user)).collect();
     let mut actions = Vec::new();
     for mapped_user in mapped {
-        if !matches!(mapped_user.decision, Decision::Provision(_)) {
+        if !matches!(
+            mapped_user.decision,
+            Decision::Provision(_) | Decision::Unchanged
+        ) {
             continue;
         }
         let Some(user) = by_id.get(&mapped_user.idp_id) else {

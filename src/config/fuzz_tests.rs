@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::*;
 use crate::mapping::{Decision, Mapper, MappingSpec, RuleSpec};
-use crate::model::{IdpId, ManagerRef, SourceUser};
+use crate::model::{Attrs, IdpId, ManagerRef, SourceUser};
 
 /// The shipped sample configuration (every key, the file source).
 const EXAMPLE: &str = include_str!("../../config.example.toml");
@@ -721,10 +721,10 @@ fn sample_users() -> Vec<Arc<SourceUser>> {
             "LP Onboarding".into(),
             "SocialTalent Admins".into(),
         ],
-        attrs: attrs(json!({
+        attrs: Attrs::from_map(&attrs(json!({
             "customerId": "C-1042", "isManager": true, "managedTeams": ["Sales EMEA"],
             "Cost Center": 7, "location": "Madrid", "nested": {"a": [1, {"b": null}]},
-        })),
+        }))),
     };
     let sparse = SourceUser {
         id: IdpId("00u2".into()),
@@ -741,7 +741,9 @@ fn sample_users() -> Vec<Arc<SourceUser>> {
         manager_id: None,
         manager: None,
         groups: Vec::new(),
-        attrs: attrs(json!({"managedTeams": null, "isManager": "yes", "customerId": [1, 2]})),
+        attrs: Attrs::from_map(&attrs(
+            json!({"managedTeams": null, "isManager": "yes", "customerId": [1, 2]}),
+        )),
     };
     let inactive = SourceUser {
         id: IdpId("00u3".into()),

@@ -182,11 +182,15 @@ fn rules_take_the_first_match_else_the_default() {
     );
     assert_eq!(provision(&mapper, user("u1"))["role"], json!("user"));
     let mut manager = user("u2");
-    manager.attrs.insert("isManager".into(), json!(true));
+    let mut attrs = manager.attrs.to_map();
+    attrs.insert("isManager".into(), json!(true));
+    manager.attrs = attrs.into();
     assert_eq!(provision(&mapper, manager)["role"], json!("advisor"));
     let mut admin = user("u3");
     admin.groups.push("Admins".into());
-    admin.attrs.insert("isManager".into(), json!(true));
+    let mut attrs = admin.attrs.to_map();
+    attrs.insert("isManager".into(), json!(true));
+    admin.attrs = attrs.into();
     assert_eq!(provision(&mapper, admin)["role"], json!("company_admin"));
 }
 

@@ -31,6 +31,7 @@ fn provisioned(id: &str, attributes: Attributes) -> MappedUser {
         idp_id: IdpId(id.into()),
         label: id.into(),
         manager: None,
+        digest: attributes_digest(&attributes),
         decision: Decision::Provision(attributes),
     }
 }
@@ -40,12 +41,13 @@ fn decided(id: &str, decision: Decision) -> MappedUser {
         idp_id: IdpId(id.into()),
         label: id.into(),
         manager: None,
+        digest: Digest(0),
         decision,
     }
 }
 
-fn record(attributes: &Attributes, status: AccountStatus) -> UserRecord {
-    UserRecord {
+fn record(attributes: &Attributes, status: AccountStatus) -> KnownUser {
+    KnownUser::from(UserRecord {
         scim_id: format!(
             "scim-{}",
             attributes["userName"].as_str().expect("userName")
@@ -57,7 +59,9 @@ fn record(attributes: &Attributes, status: AccountStatus) -> UserRecord {
         pushed: attributes.clone(),
         status,
         updated_at: "2026-01-01T00:00:00Z".into(),
-    }
+        digest: None,
+        pushed_digest: Some(attributes_digest(attributes)),
+    })
 }
 
 fn source_user(id: &str) -> Arc<SourceUser> {
@@ -76,7 +80,7 @@ fn source_user(id: &str) -> Arc<SourceUser> {
         manager_id: None,
         manager: None::<ManagerRef>,
         groups: Vec::new(),
-        attrs: serde_json::Map::new(),
+        attrs: Default::default(),
     })
 }
 
@@ -116,6 +120,7 @@ fn apply(plan: &Plan, state: &mut Snapshot) {
                 if let Some(scim_id) = &action.scim_id {
                     new.scim_id = scim_id.clone();
                 }
+                new.digest = action.digest;
                 state.users.insert(action.idp_id.clone(), new);
             }
             Op::Deactivate => {
@@ -597,6 +602,7 @@ fn account(id: &str, user_name: &str, external_id: Option<&str>, attributes: Val
         active: true,
         attributes,
         extras: serde_json::Map::new(),
+        compacted: None,
     }
 }
 
@@ -954,4 +960,198 @@ fn a_confirmed_but_unrecorded_write_is_not_drift() {
     // Nothing is sent, but the state learns what SocialTalent holds.
     assert_eq!(ops(&plan), vec![(Op::Adopt, "a")]);
     assert!(plan.actions[0].changes.is_empty());
+}
+
+/// A user the mapping recognised by its digest (not mapped again).
+fn unchanged(id: &str, digest: Digest) -> MappedUser {
+    MappedUser {
+        digest,
+        ..decided(id, Decision::Unchanged)
+    }
+}
+
+/// A state record as the snapshot loads it: carrying `digest`, attributes left on disk.
+fn unloaded(attributes: &Attributes, digest: Digest) -> KnownUser {
+    KnownUser {
+        digest: Some(digest),
+        pushed: None,
+        ..record(attributes, AccountStatus::Active)
+    }
+}
+
+#[test]
+fn an_unchanged_user_needs_neither_its_attributes_nor_an_action() {
+    let ours = desired("a@x.com", "a");
+    let mut state = Snapshot::default();
+    state
+        .users
+        .insert(IdpId("a".into()), unloaded(&ours, Digest(1)));
+    let mapped = vec![unchanged("a", Digest(1))];
+    assert!(needs_pushed(&mapped, &state, None, &managed()).is_empty());
+    let plan = plan_of(&full_read(&mapped), &mapped, &state);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!((plan.unchanged, plan.in_scope), (1, 1));
+    assert!(plan.refresh.is_empty());
+
+    // Read back, an account that still holds what we pushed is unchanged too.
+    let same = account(
+        "scim-a@x.com",
+        "A@X.com",
+        Some("a"),
+        json!({"coreTeam": "Sales", "role": "user", "learningPaths": ["B", "A"]}),
+    );
+    let accounts = std::slice::from_ref(&same);
+    assert!(needs_pushed(&mapped, &state, Some(accounts), &managed()).is_empty());
+    let plan = with_target(&mapped, &state, accounts, Reconcile::default());
+    assert!(plan.actions.is_empty() && plan.drift.is_empty(), "{plan:?}");
+    assert!(plan.orphans.is_empty(), "the account is the user's");
+}
+
+#[test]
+fn drift_on_an_unchanged_user_is_repaired_from_the_stored_attributes() {
+    let ours = desired("a@x.com", "a");
+    let mut state = Snapshot::default();
+    state
+        .users
+        .insert(IdpId("a".into()), unloaded(&ours, Digest(1)));
+    let mapped = vec![unchanged("a", Digest(1))];
+    let drifted = account(
+        "scim-a@x.com",
+        "a@x.com",
+        Some("a"),
+        json!({"coreTeam": "Marketing", "role": "user", "learningPaths": ["A", "B"]}),
+    );
+    let accounts = std::slice::from_ref(&drifted);
+    assert_eq!(
+        needs_pushed(&mapped, &state, Some(accounts), &managed()),
+        vec![IdpId("a".into())],
+        "the run loads what the plan compares"
+    );
+    // Without them the user is skipped, never planned from nothing.
+    let plan = with_target(&mapped, &state, accounts, Reconcile::default());
+    assert_eq!(ops(&plan), vec![(Op::Skip, "a")]);
+    assert!(
+        plan.actions[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not loaded")
+    );
+
+    state
+        .users
+        .get_mut(&IdpId("a".into()))
+        .expect("known")
+        .pushed = Some(ours.clone());
+    let plan = with_target(&mapped, &state, accounts, Reconcile::default());
+    assert_eq!(ops(&plan), vec![(Op::Update, "a")]);
+    let update = &plan.actions[0];
+    assert_eq!(update.reason.as_deref(), Some("drift"));
+    assert_eq!(update.attributes.as_ref(), Some(&ours));
+    assert_eq!(
+        update.digest,
+        Some(Digest(1)),
+        "recorded with the same digest"
+    );
+}
+
+#[test]
+fn a_stale_digest_is_not_taken_for_unchanged() {
+    // The mapping only says Unchanged when the record carries the digest; should it ever
+    // disagree (a deactivated record), the user is compared, not skipped over.
+    let ours = desired("a@x.com", "a");
+    let mut state = Snapshot::default();
+    let mut known = unloaded(&ours, Digest(1));
+    known.status = AccountStatus::Deactivated;
+    state.users.insert(IdpId("a".into()), known);
+    let mapped = vec![unchanged("a", Digest(1))];
+    assert_eq!(
+        needs_pushed(&mapped, &state, None, &managed()),
+        vec![IdpId("a".into())]
+    );
+    state
+        .users
+        .get_mut(&IdpId("a".into()))
+        .expect("known")
+        .pushed = Some(ours);
+    let plan = plan_of(&full_read(&mapped), &mapped, &state);
+    assert_eq!(ops(&plan), vec![(Op::Reactivate, "a")]);
+}
+
+#[test]
+fn users_found_equal_by_comparison_get_their_digest_recorded() {
+    let ours = desired("a@x.com", "a");
+    let mut state = Snapshot::default();
+    state
+        .users
+        .insert(IdpId("a".into()), record(&ours, AccountStatus::Active));
+    let mapped = vec![MappedUser {
+        digest: Digest(5),
+        ..provisioned("a", ours)
+    }];
+    let plan = plan_of(&full_read(&mapped), &mapped, &state);
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.refresh, vec![(IdpId("a".into()), Digest(5))]);
+    // Once recorded, nothing more to refresh.
+    state
+        .users
+        .get_mut(&IdpId("a".into()))
+        .expect("known")
+        .digest = Some(Digest(5));
+    let plan = plan_of(&full_read(&mapped), &mapped, &state);
+    assert!(plan.refresh.is_empty());
+}
+
+#[test]
+fn the_read_back_keeps_whole_only_the_accounts_the_plan_reads() {
+    let (a, b) = (desired("a@x.com", "a"), desired("b@x.com", "b"));
+    let mut state = Snapshot::default();
+    state
+        .users
+        .insert(IdpId("a".into()), unloaded(&a, Digest(1)));
+    state
+        .users
+        .insert(IdpId("b".into()), unloaded(&b, Digest(2)));
+    // a is unchanged; b was mapped again (its source changed).
+    let mapped = vec![unchanged("a", Digest(1)), provisioned("b", b.clone())];
+    let compactor = Compactor::new(&mapped, &state, &managed());
+    let holds = |user_name: &str, id: &str, team: &str| {
+        account(
+            &format!("scim-{user_name}"),
+            user_name,
+            Some(id),
+            json!({"coreTeam": team, "role": "user", "learningPaths": ["A", "B"], "udf_x": "kept"}),
+        )
+    };
+    let same_a = compactor.compact(holds("a@x.com", "a", "Sales"));
+    assert!(same_a.compacted.is_some() && same_a.attributes.is_empty());
+    let drifted_a = compactor.compact(holds("a@x.com", "a", "Marketing"));
+    assert!(drifted_a.compacted.is_none(), "drift needs the values");
+    let b_account = compactor.compact(holds("b@x.com", "b", "Sales"));
+    assert!(
+        b_account.compacted.is_none(),
+        "a mapped user's account may be updated"
+    );
+    let orphan = compactor.compact(holds("c@x.com", "c", "Sales"));
+    assert!(orphan.compacted.is_none());
+
+    // The run loads what the plan compares (b's stored attributes), as `sync` does.
+    for idp_id in needs_pushed(&mapped, &state, None, &managed()) {
+        let known = state.users.get_mut(&idp_id).expect("known");
+        known.pushed = Some(if idp_id.0 == "a" {
+            a.clone()
+        } else {
+            b.clone()
+        });
+    }
+
+    let plan = with_target(
+        &mapped,
+        &state,
+        &[same_a, b_account, orphan],
+        Reconcile::default(),
+    );
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.unchanged, 2);
+    assert_eq!(plan.orphans.len(), 1);
 }

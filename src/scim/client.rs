@@ -256,7 +256,8 @@ impl ScimClient {
 
     /// Every account, through paged `GET /Users` (`startIndex`, `count`): the first page tells
     /// the total and the server's real page size, the rest are fetched `max_in_flight` at a
-    /// time through the limiter.
+    /// time through the limiter. Each account goes through `compact` as its page arrives, so
+    /// that the caller can drop what it will not need before the next page.
     ///
     /// # Errors
     /// Any [`ScimError`]; [`ScimError::InvalidResponse`] when the pages do not add up to the
@@ -265,19 +266,20 @@ impl ScimClient {
         &self,
         page_size: usize,
         max_in_flight: usize,
+        compact: &(dyn Fn(TargetUser) -> TargetUser + Sync),
     ) -> Result<Vec<TargetUser>, ScimError> {
         use futures::StreamExt;
         let first = self.list_users(1, page_size).await?;
         let total = first.total_results;
         let step = first.users.len();
-        let mut users = first.users;
+        let mut users: Vec<TargetUser> = first.users.into_iter().map(compact).collect();
         if step > 0 && users.len() < total {
             let starts: Vec<usize> = (1 + step..=total).step_by(step).collect();
             let mut pages = futures::stream::iter(starts)
                 .map(|start| self.list_users(start, step))
                 .buffered(max_in_flight.max(1));
             while let Some(page) = pages.next().await {
-                users.extend(page?.users);
+                users.extend(page?.users.into_iter().map(compact));
             }
         }
         let mut seen = std::collections::HashSet::new();

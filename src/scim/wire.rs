@@ -232,6 +232,7 @@ pub fn parse_user(document: &Value, extension_schema: &str) -> Result<TargetUser
         user_name,
         attributes,
         extras,
+        compacted: None,
     })
 }
 

@@ -6,15 +6,20 @@
 //! any other cell holding a `;` becomes a list too.
 
 use std::collections::HashMap;
+use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::SourceError;
-use crate::model::{IdpId, RejectedRecord, SourceKind, SourceRead, SourceUser};
+use crate::model::{Attrs, IdpId, RejectedRecord, SourceKind, SourceRead, SourceUser};
 
 /// Reads the export at `path`.
+///
+/// JSON exports are read as a stream, a batch of records at a time (converted on every
+/// core): the file's text is never held whole, only the users it yields.
 ///
 /// # Errors
 /// [`SourceError::Unreadable`] when the file cannot be read or parsed as a whole.
@@ -23,70 +28,150 @@ pub fn read(path: &Path) -> Result<SourceRead, SourceError> {
         location: path.display().to_string(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|error| unreadable(error.to_string()))?;
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let records = parse_records(path, &name, &bytes)?;
-    Ok(normalise(&name, records))
-}
-
-/// A raw record and where it is.
-type Located = (String, Result<Map<String, Value>, String>);
-
-fn parse_records(path: &Path, name: &str, bytes: &[u8]) -> Result<Vec<Located>, SourceError> {
-    let unreadable = |message: String| SourceError::Unreadable {
-        location: path.display().to_string(),
-        message,
-    };
     let is_csv = path
         .extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
     if is_csv {
-        return parse_csv(name, bytes).map_err(unreadable);
+        let bytes = std::fs::read(path).map_err(|error| unreadable(error.to_string()))?;
+        let records = parse_csv(&bytes).map_err(unreadable)?;
+        return Ok(normalise(&name, Numbering::Line, convert_all(records)));
     }
-    let text =
-        std::str::from_utf8(bytes).map_err(|error| unreadable(format!("not UTF-8: {error}")))?;
-    let text = text.trim_start_matches('\u{feff}');
-    if text.trim_start().starts_with('[') {
-        let items: Vec<Value> = serde_json::from_str(text)
+    let file = std::fs::File::open(path).map_err(|error| unreadable(error.to_string()))?;
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
+    let io = |error: std::io::Error| unreadable(error.to_string());
+    let head = reader.fill_buf().map_err(io)?;
+    if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) {
+        return Err(unreadable(
+            "not UTF-8: the file starts with a UTF-16 byte order mark; save it as UTF-8".into(),
+        ));
+    }
+    if head.starts_with("\u{feff}".as_bytes()) {
+        reader.consume(3);
+    }
+    // Blank space before the first record: skipped, its lines counted.
+    let mut skipped_lines = 0;
+    let first = loop {
+        let buffer = reader.fill_buf().map_err(io)?;
+        if buffer.is_empty() {
+            break None;
+        }
+        let blank = buffer
+            .iter()
+            .take_while(|byte| byte.is_ascii_whitespace())
+            .count();
+        skipped_lines += buffer[..blank]
+            .iter()
+            .filter(|byte| **byte == b'\n')
+            .count();
+        if blank < buffer.len() {
+            let first = buffer[blank];
+            reader.consume(blank);
+            break Some(first);
+        }
+        reader.consume(blank);
+    };
+    let mut batches = Batches::default();
+    if first == Some(b'[') {
+        let mut deserializer = serde_json::Deserializer::from_reader(reader);
+        serde::Deserializer::deserialize_seq(&mut deserializer, ArrayRecords(&mut batches))
+            .and_then(|()| deserializer.end())
             .map_err(|error| unreadable(format!("not a valid JSON array: {error}")))?;
-        Ok(items
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| {
-                let location = format!("{name} record {}", index + 1);
-                match item {
-                    Value::Object(map) => (location, Ok(map)),
-                    other => (
-                        location,
-                        Err(format!("expected an object, found {}", kind(&other))),
-                    ),
-                }
-            })
-            .collect())
+        Ok(normalise(&name, Numbering::Record, batches.finish()))
     } else {
-        Ok(text
-            .lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(index, line)| {
-                let location = format!("{name} line {}", index + 1);
-                match serde_json::from_str::<Value>(line) {
-                    Ok(Value::Object(map)) => (location, Ok(map)),
-                    Ok(other) => (
-                        location,
-                        Err(format!("expected an object, found {}", kind(&other))),
-                    ),
-                    Err(error) => (location, Err(format!("not valid JSON: {error}"))),
-                }
-            })
-            .collect())
+        let mut line = Vec::new();
+        let mut number = skipped_lines;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+                break;
+            }
+            number += 1;
+            let text = std::str::from_utf8(&line)
+                .map_err(|error| unreadable(format!("not UTF-8: line {number}: {error}")))?;
+            let text = text.trim();
+            if !text.is_empty() {
+                batches.push(number, Raw::Text(text.to_owned()));
+            }
+        }
+        Ok(normalise(&name, Numbering::Line, batches.finish()))
     }
 }
 
-fn parse_csv(name: &str, bytes: &[u8]) -> Result<Vec<Located>, String> {
+/// One record as found in the file: JSON text still to parse, a CSV row already split, or a
+/// row that could not be read.
+enum Raw {
+    Text(String),
+    Json(Box<RawValue>),
+    Map(Map<String, Value>),
+    Bad(String),
+}
+
+/// Records collected while the file streams, converted a batch at a time.
+#[derive(Default)]
+struct Batches {
+    pending: Vec<(usize, Raw)>,
+    done: Vec<(usize, Converted)>,
+}
+
+impl Batches {
+    const SIZE: usize = 8192;
+
+    fn push(&mut self, number: usize, raw: Raw) {
+        self.pending.push((number, raw));
+        if self.pending.len() >= Self::SIZE {
+            let pending = std::mem::take(&mut self.pending);
+            self.done.extend(convert_all(pending));
+        }
+    }
+
+    fn finish(mut self) -> Vec<(usize, Converted)> {
+        let pending = std::mem::take(&mut self.pending);
+        self.done.extend(convert_all(pending));
+        self.done
+    }
+}
+
+/// Feeds the elements of a top-level JSON array to [`Batches`] as they are parsed.
+struct ArrayRecords<'a>(&'a mut Batches);
+
+impl<'de> serde::de::Visitor<'de> for ArrayRecords<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("an array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut number = 0;
+        while let Some(record) = seq.next_element::<Box<RawValue>>()? {
+            number += 1;
+            self.0.push(number, Raw::Json(record));
+        }
+        Ok(())
+    }
+}
+
+/// How records are numbered in messages: by position in a JSON array, or by line.
+#[derive(Clone, Copy)]
+enum Numbering {
+    Record,
+    Line,
+}
+
+impl Numbering {
+    fn location(self, name: &str, number: usize) -> String {
+        match self {
+            Numbering::Record => format!("{name} record {number}"),
+            Numbering::Line => format!("{name} line {number}"),
+        }
+    }
+}
+
+fn parse_csv(bytes: &[u8]) -> Result<Vec<(usize, Raw)>, String> {
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -104,11 +189,10 @@ fn parse_csv(name: &str, bytes: &[u8]) -> Result<Vec<Located>, String> {
     let mut records = Vec::new();
     for (index, row) in reader.records().enumerate() {
         let line = index + 2;
-        let location = format!("{name} line {line}");
         let row = match row {
             Ok(row) => row,
             Err(error) => {
-                records.push((location, Err(format!("not a valid CSV row: {error}"))));
+                records.push((line, Raw::Bad(format!("not a valid CSV row: {error}"))));
                 continue;
             }
         };
@@ -118,7 +202,7 @@ fn parse_csv(name: &str, bytes: &[u8]) -> Result<Vec<Located>, String> {
                 map.insert(header.clone(), value);
             }
         }
-        records.push((location, Ok(map)));
+        records.push((line, Raw::Map(map)));
     }
     Ok(records)
 }
@@ -144,7 +228,69 @@ fn csv_cell(header: &str, cell: &str) -> Option<Value> {
     }
 }
 
-fn normalise(name: &str, records: Vec<Located>) -> SourceRead {
+/// A record turned into a user, or why not (with the id when it could be read). Users are
+/// put in their `Arc` at once: moving 100,000 of them into one later would hold both copies.
+type Converted = Result<Arc<SourceUser>, (Option<IdpId>, String)>;
+
+fn convert(raw: Raw) -> Converted {
+    let parsed = match raw {
+        Raw::Map(map) => return user_from_record(map).map(Arc::new),
+        Raw::Bad(error) => return Err((None, error)),
+        Raw::Text(text) => serde_json::from_str::<Value>(&text),
+        Raw::Json(record) => serde_json::from_str::<Value>(record.get()),
+    };
+    let map = match parsed {
+        Ok(Value::Object(map)) => map,
+        Ok(other) => {
+            return Err((None, format!("expected an object, found {}", kind(&other))));
+        }
+        Err(error) => return Err((None, format!("not valid JSON: {error}"))),
+    };
+    user_from_record(map).map(Arc::new)
+}
+
+/// Converts the records, on every core for large files; the result keeps the file's order.
+fn convert_all(records: Vec<(usize, Raw)>) -> Vec<(usize, Converted)> {
+    const PARALLEL_FROM: usize = 2_000;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if records.len() < PARALLEL_FROM || threads < 2 {
+        return records
+            .into_iter()
+            .map(|(number, raw)| (number, convert(raw)))
+            .collect();
+    }
+    let chunk = records.len().div_ceil(threads);
+    let mut parts: Vec<Vec<(usize, Raw)>> = Vec::new();
+    let mut records = records.into_iter();
+    loop {
+        let part: Vec<_> = records.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                scope.spawn(move || {
+                    part.into_iter()
+                        .map(|(number, raw)| (number, convert(raw)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| match handle.join() {
+                Ok(converted) => converted,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+fn normalise(name: &str, numbering: Numbering, converted: Vec<(usize, Converted)>) -> SourceRead {
     let mut read = SourceRead {
         kind: SourceKind::File,
         full: true,
@@ -154,59 +300,53 @@ fn normalise(name: &str, records: Vec<Located>) -> SourceRead {
         warnings: Vec::new(),
         commit: Default::default(),
     };
-    let mut users: Vec<SourceUser> = Vec::new();
-    let mut first_seen: HashMap<IdpId, String> = HashMap::new();
-    for (location, record) in records {
-        let map = match record {
-            Ok(map) => map,
-            Err(error) => {
-                read.rejected.push(RejectedRecord {
-                    idp_id: None,
-                    location,
-                    error,
-                });
-                continue;
-            }
-        };
-        match user_from_record(map) {
+    let mut users: Vec<Arc<SourceUser>> = Vec::with_capacity(converted.len());
+    let mut first_seen: HashMap<IdpId, usize> = HashMap::with_capacity(converted.len());
+    for (number, user) in converted {
+        match user {
             Ok(user) => {
                 if let Some(first) = first_seen.get(&user.id) {
                     read.rejected.push(RejectedRecord {
                         idp_id: Some(user.id.clone()),
-                        location,
+                        location: numbering.location(name, number),
                         error: format!(
-                            "duplicate id {} (first seen at {first}); only the first is used",
-                            user.id
+                            "duplicate id {} (first seen at {}); only the first is used",
+                            user.id,
+                            numbering.location(name, *first)
                         ),
                     });
                 } else {
-                    first_seen.insert(user.id.clone(), location);
+                    first_seen.insert(user.id.clone(), number);
                     users.push(user);
                 }
             }
             Err((idp_id, error)) => read.rejected.push(RejectedRecord {
                 idp_id,
-                location,
+                location: numbering.location(name, number),
                 error,
             }),
         }
     }
+    drop(first_seen);
     resolve_managers(&mut users, &mut read.warnings, name);
-    read.users = users.into_iter().map(Arc::new).collect();
+    read.users = users;
     read
 }
 
-fn resolve_managers(users: &mut [SourceUser], warnings: &mut Vec<String>, name: &str) {
-    let managers: HashMap<IdpId, crate::model::ManagerRef> = users
+fn resolve_managers(users: &mut [Arc<SourceUser>], warnings: &mut Vec<String>, name: &str) {
+    let index: HashMap<&str, usize> = users
         .iter()
-        .map(|user| (user.id.clone(), user.as_manager()))
+        .enumerate()
+        .map(|(position, user)| (user.id.0.as_str(), position))
         .collect();
-    for user in users.iter_mut() {
+    // (report, manager) positions; the references are filled in once the index is gone.
+    let mut resolved: Vec<(usize, usize)> = Vec::new();
+    for (position, user) in users.iter().enumerate() {
         let Some(manager_id) = &user.manager_id else {
             continue;
         };
-        match managers.get(manager_id) {
-            Some(manager) if manager.id != user.id => user.manager = Some(manager.clone()),
+        match index.get(manager_id.0.as_str()) {
+            Some(&manager) if manager != position => resolved.push((position, manager)),
             Some(_) => warnings.push(format!(
                 "{name}: user {} names itself as its manager; ignored",
                 user.id
@@ -216,6 +356,12 @@ fn resolve_managers(users: &mut [SourceUser], warnings: &mut Vec<String>, name: 
                 user.id
             )),
         }
+    }
+    drop(index);
+    for (position, manager) in resolved {
+        let reference = users[manager].as_manager();
+        // Nothing else holds the users yet, so this never copies.
+        Arc::make_mut(&mut users[position]).manager = Some(reference);
     }
 }
 
@@ -310,7 +456,7 @@ fn user_from_record(map: Map<String, Value>) -> Result<SourceUser, (Option<IdpId
         manager: None,
         groups,
         id,
-        attrs: map,
+        attrs: Attrs::from_map(&map),
     })
 }
 

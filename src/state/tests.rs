@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::model::AccountStatus;
+use crate::model::{AccountStatus, Digest, attributes_digest};
 
 fn record(scim_id: &str) -> UserRecord {
     UserRecord {
@@ -11,6 +11,8 @@ fn record(scim_id: &str) -> UserRecord {
             .expect("attributes"),
         status: AccountStatus::Active,
         updated_at: now_rfc3339(),
+        digest: Some(Digest(7)),
+        pushed_digest: None,
     }
 }
 
@@ -39,12 +41,53 @@ fn records_survive_a_reopen() {
         state.flush().expect("flushes");
     }
     let state = reopen(dir.path()).expect("reopens");
-    let snapshot = state.snapshot().expect("reads");
-    let read_back = &snapshot.users[&id];
+    let mut snapshot = state.snapshot().expect("reads");
     let written = record("s1");
-    assert_eq!(read_back.scim_id, written.scim_id);
-    assert_eq!(read_back.pushed, written.pushed);
-    assert_eq!(read_back.status, AccountStatus::Active);
+    {
+        let read_back = &snapshot.users[&id];
+        assert_eq!(read_back.scim_id, written.scim_id);
+        assert_eq!(read_back.status, AccountStatus::Active);
+        assert_eq!(read_back.digest, Some(Digest(7)));
+        assert_eq!(
+            read_back.pushed_digest,
+            Some(attributes_digest(&written.pushed)),
+            "the state fingerprints what it stores"
+        );
+        assert_eq!(
+            read_back.pushed, None,
+            "a snapshot leaves the attributes on disk"
+        );
+    }
+    state
+        .load_pushed(&mut snapshot, std::slice::from_ref(&id))
+        .expect("loads");
+    assert_eq!(snapshot.users[&id].pushed.as_ref(), Some(&written.pushed));
+}
+
+#[test]
+fn a_refresh_records_the_digest_of_an_active_user_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("opens");
+    let active = IdpId("00u1".into());
+    let gone = IdpId("00u2".into());
+    state
+        .record_success(&active, &record("s1"))
+        .expect("writes");
+    let mut deactivated = record("s2");
+    deactivated.status = AccountStatus::Deactivated;
+    state.record_success(&gone, &deactivated).expect("writes");
+    state
+        .refresh_digests(&[(active.clone(), Digest(9)), (gone.clone(), Digest(9))])
+        .expect("refreshes");
+    let snapshot = state.snapshot().expect("reads");
+    assert_eq!(snapshot.users[&active].digest, Some(Digest(9)));
+    assert_eq!(snapshot.users[&gone].digest, Some(Digest(7)));
+    let stored = state.user(&active).expect("reads").expect("exists");
+    assert_eq!(
+        stored.pushed,
+        record("s1").pushed,
+        "a refresh keeps the attributes"
+    );
 }
 
 #[test]
@@ -133,5 +176,55 @@ fn run_history_is_newest_first_and_bounded() {
     assert_eq!(
         state.recent_runs(usize::MAX).expect("reads").len(),
         RUNS_KEPT
+    );
+}
+
+#[test]
+fn a_version_1_state_is_converted_on_open_and_keeps_every_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = IdpId("00u1".into());
+    let v1 = record("s1");
+    {
+        // A version-1 state: the attributes inside the user record, no digests.
+        let state = State::open(dir.path()).expect("opens");
+        let inline = json!({
+            "scim_id": v1.scim_id,
+            "user_name": v1.user_name,
+            "pushed": v1.pushed,
+            "status": "active",
+            "updated_at": v1.updated_at,
+        });
+        state
+            .users
+            .insert(id.0.as_bytes(), serde_json::to_vec(&inline).expect("json"))
+            .expect("writes");
+        state.set_meta("format_version", "1").expect("writes");
+        state.flush().expect("flushes");
+    }
+    let state = reopen(dir.path()).expect("converts");
+    assert_eq!(
+        state.meta("format_version").expect("reads").as_deref(),
+        Some("2")
+    );
+    let stored = state.user(&id).expect("reads").expect("kept");
+    assert_eq!(stored.scim_id, "s1");
+    assert_eq!(stored.pushed, v1.pushed);
+    assert_eq!(
+        stored.digest, None,
+        "no digest: the next run compares and records one"
+    );
+    let snapshot = state.snapshot().expect("reads");
+    assert_eq!(
+        snapshot.users[&id].pushed_digest,
+        Some(attributes_digest(&v1.pushed))
+    );
+    let raw = state
+        .users
+        .get(id.0.as_bytes())
+        .expect("reads")
+        .expect("kept");
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("coreTeam"),
+        "the record no longer carries the attributes"
     );
 }

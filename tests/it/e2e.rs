@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::support::peer::EXT_URN;
-use crate::support::{Workspace, ops, person};
+use crate::support::{EXAMPLE_MAPPING, Workspace, ops, person};
 
 fn user_names(users: &[Value]) -> Vec<String> {
     let mut names: Vec<String> = users
@@ -509,4 +509,32 @@ async fn preview_apply_provisions_one_person_only() {
     let report = ws.sync(&[], 0);
     assert_eq!(report["summary"]["create"], 20);
     assert_eq!(report["summary"]["unchanged"], 1);
+}
+
+/// A run skips users whose source record and mapping are as at their last push; a change to
+/// the mapping alone must still reach every account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_change_alone_updates_every_user_it_touches() {
+    let mut ws = Workspace::new();
+    ws.sync(&[], 0);
+    assert_eq!(ws.sync(&[], 0)["summary"]["unchanged"], 21);
+
+    ws.mapping = ws.mapping.replace(
+        "{{ user.attrs.customerId }}",
+        "CID-{{ user.attrs.customerId }}",
+    );
+    assert_ne!(ws.mapping, EXAMPLE_MAPPING, "the test changes the mapping");
+    let changed = ws.sync(&[], 0);
+    let updated = changed["summary"]["update"].as_u64().expect("count");
+    assert!(updated > 0, "{changed}");
+    let zoe = ws
+        .peer
+        .user_by_name("zoe.odegard@northwind.example")
+        .await
+        .expect("Zoë exists");
+    assert_eq!(zoe[EXT_URN]["udf_Customer_ID"], "CID-C-1042");
+
+    let again = ws.sync(&[], 0);
+    assert_eq!(again["summary"]["update"], 0, "{again}");
+    assert_eq!(again["summary"]["unchanged"], 21);
 }

@@ -23,7 +23,7 @@ use super::SourceError;
 use super::groups::GroupFilter;
 use crate::config::EntraConfig;
 use crate::model::{
-    CacheUpdate, IdpId, ManagerRef, RejectedRecord, SourceCommit, SourceKind, SourceRead,
+    Attrs, CacheUpdate, IdpId, ManagerRef, RejectedRecord, SourceCommit, SourceKind, SourceRead,
     SourceUser,
 };
 use crate::state::{State, StateError};
@@ -595,7 +595,7 @@ async fn read_incremental(
         let cached = state.cached_source_user(&IdpId(id.clone()))?;
         let mut props = cached
             .as_ref()
-            .map(|user| user.attrs.clone())
+            .map(|user| user.attrs.to_map())
             .unwrap_or_default();
         for (key, value) in delta.props {
             if value.is_null() {
@@ -795,7 +795,7 @@ fn convert(props: Map<String, Value>) -> Result<SourceUser, RejectedRecord> {
         manager_id: None,
         manager: None,
         groups: Vec::new(),
-        attrs: props,
+        attrs: Attrs::from_map(&props),
     })
 }
 

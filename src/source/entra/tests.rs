@@ -91,8 +91,8 @@ fn a_graph_user_becomes_the_common_user_shape() {
     assert!(!user.active);
     assert_eq!(user.status.as_deref(), Some("disabled"));
     assert_eq!(user.title.as_deref(), Some("Recruiter"));
-    assert_eq!(user.attrs["extension_abc123_costCenter"], "CC-1");
-    assert!(!user.attrs.contains_key("@odata.type"));
+    assert_eq!(user.attrs.to_map()["extension_abc123_costCenter"], "CC-1");
+    assert!(!user.attrs.to_map().contains_key("@odata.type"));
 }
 
 #[test]

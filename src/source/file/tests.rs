@@ -25,7 +25,7 @@ fn a_json_array_is_normalised_and_managers_are_resolved() {
     assert!(read.rejected.is_empty(), "{:?}", read.rejected);
     let ana = &read.users[0];
     assert_eq!(ana.department.as_deref(), Some("Sales"));
-    assert_eq!(ana.attrs["customerId"], "C-1");
+    assert_eq!(ana.attrs.to_map()["customerId"], "C-1");
     assert!(ana.active);
     let bo = &read.users[1];
     assert_eq!(bo.id.0, "2");
@@ -65,9 +65,9 @@ fn csv_cells_are_typed_and_lists_split() {
     );
     let ana = &read.users[0];
     assert_eq!(ana.groups, vec!["SocialTalent", "LP Onboarding"]);
-    assert_eq!(ana.attrs["isManager"], false);
+    assert_eq!(ana.attrs.to_map()["isManager"], false);
     assert_eq!(
-        ana.attrs["managedTeams"],
+        ana.attrs.to_map()["managedTeams"],
         serde_json::json!(["Sales EMEA", "Sales US"])
     );
     assert_eq!(ana.department, None, "an empty cell is missing");

@@ -22,7 +22,7 @@ use super::SourceError;
 use super::groups::GroupFilter;
 use crate::config::OktaConfig;
 use crate::model::{
-    CacheUpdate, IdpId, ManagerRef, RejectedRecord, SourceCommit, SourceKind, SourceRead,
+    Attrs, CacheUpdate, IdpId, ManagerRef, RejectedRecord, SourceCommit, SourceKind, SourceRead,
     SourceUser,
 };
 use crate::state::State;
@@ -358,6 +358,7 @@ async fn read_incremental(
                     manager_login: user
                         .attrs
                         .get("manager")
+                        .as_ref()
                         .and_then(Value::as_str)
                         .filter(|_| user.manager_id.is_none())
                         .map(str::to_owned),
@@ -655,7 +656,7 @@ fn convert(mut raw: Value, suspended_is_active: bool) -> Result<OktaUser, Reject
             manager_id,
             manager: None,
             groups: Vec::new(),
-            attrs: profile,
+            attrs: Attrs::from_map(&profile),
         },
         manager_login,
     })

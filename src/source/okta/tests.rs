@@ -28,7 +28,7 @@ fn an_okta_user_becomes_the_common_user_shape() {
         "PASSWORD_EXPIRED is a credential state, not a leaver"
     );
     assert_eq!(user.status.as_deref(), Some("PASSWORD_EXPIRED"));
-    assert_eq!(user.attrs["customerId"], "C-1");
+    assert_eq!(user.attrs.to_map()["customerId"], "C-1");
 }
 
 #[test]
