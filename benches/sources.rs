@@ -41,6 +41,15 @@ fn line(name: &str, value: f64, unit: &str, target: &str, pass: Option<bool>) {
     println!("{name:<44} {value:>12.3} {unit:<8} {target:<18} {verdict}");
 }
 
+/// The 1-minute load average (`/proc/loadavg`), printed with the figures: the machine is shared
+/// and the fakes run on the same 2 cores as the reads, so timings depend on it.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn config(source: &str) -> Config {
     let text = format!(
         "{source}\n[target]\nbase_url = \"http://127.0.0.1:9/v2\"\ntoken = \"unused\"\n[mapping]\nuserName = \"{{{{ user.email }}}}\"\n"
@@ -337,6 +346,13 @@ fn main() {
         "{:<44} {:>12} {:<8} {:<18} verdict",
         "figure", "value", "unit", "target"
     );
+    line(
+        "load average (1 min) at start",
+        load_average(),
+        "",
+        "",
+        None,
+    );
     runtime.block_on(async {
         let started = Instant::now();
         okta(users, rounds).await;
@@ -349,4 +365,5 @@ fn main() {
             None,
         );
     });
+    line("load average (1 min) at end", load_average(), "", "", None);
 }

@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, DATE, HeaderMap, LINK, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::time::Instant;
 use url::Url;
@@ -281,7 +282,23 @@ impl OktaClient {
         &self,
         path_and_query: &str,
         stop_when_short: Option<usize>,
-        mut on_page: impl FnMut(Vec<Value>) -> Result<bool, OktaError>,
+        on_page: impl FnMut(Vec<Value>) -> Result<bool, OktaError>,
+    ) -> Result<(), OktaError> {
+        self.get_pages_of(path_and_query, stop_when_short, on_page)
+            .await
+    }
+
+    /// Like [`OktaClient::get_pages`], with each item deserialized straight into `T` (a large
+    /// read then builds only the fields it keeps, not a `Value` per item). `T` should accept
+    /// any JSON value, so that one odd item is the caller's to reject rather than a failed page.
+    ///
+    /// # Errors
+    /// As [`OktaClient::get_pages`]; an item that `T` refuses fails the page as unreadable.
+    pub async fn get_pages_of<T: DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+        stop_when_short: Option<usize>,
+        mut on_page: impl FnMut(Vec<T>) -> Result<bool, OktaError>,
     ) -> Result<(), OktaError> {
         let mut url = self.url_for(path_and_query)?;
         let mut prefetched: Option<tokio::task::JoinHandle<Result<Answer, OktaError>>> = None;
@@ -304,15 +321,8 @@ impl OktaClient {
                     client.send(Method::GET, &next, None).await
                 }));
             }
-            let items = match parse_json(&answer.body, &url)? {
-                Value::Array(items) => items,
-                other => {
-                    return Err(OktaError::InvalidResponse {
-                        url: display_url(&url),
-                        message: format!("expected a JSON array of items, got {}", kind_of(&other)),
-                    });
-                }
-            };
+            let items = parse_items::<T>(&answer.body, &url)?;
+            drop(answer);
             let next = next_now;
             let n_items = items.len();
             if !on_page(items)? {
@@ -923,16 +933,38 @@ fn bucket_of(path: &str) -> String {
     segments.join("/")
 }
 
+/// Parses a page: a JSON array of items, each deserialized into `T`; names the URL on failure.
+fn parse_items<T: DeserializeOwned>(body: &[u8], url: &Url) -> Result<Vec<T>, OktaError> {
+    let is_array = body
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|byte| *byte == b'[');
+    if !is_array {
+        // Not an array: parse it whole to say what it is (or why it is not JSON).
+        let other = parse_json(body, url)?;
+        return Err(OktaError::InvalidResponse {
+            url: display_url(url),
+            message: format!("expected a JSON array of items, got {}", kind_of(&other)),
+        });
+    }
+    serde_json::from_slice(body).map_err(|error| invalid_json(&error, url))
+}
+
 /// Parses a JSON body, naming the URL on failure.
 fn parse_json(body: &[u8], url: &Url) -> Result<Value, OktaError> {
-    serde_json::from_slice(body).map_err(|error| OktaError::InvalidResponse {
+    serde_json::from_slice(body).map_err(|error| invalid_json(&error, url))
+}
+
+/// The error of a body that is not (the expected) JSON.
+fn invalid_json(error: &serde_json::Error, url: &Url) -> OktaError {
+    OktaError::InvalidResponse {
         url: display_url(url),
         message: if error.is_eof() {
             format!("the JSON is cut off ({error})")
         } else {
             format!("not valid JSON ({error})")
         },
-    })
+    }
 }
 
 /// A URL for messages: its path and query (Okta URLs never carry secrets there).

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod client;
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,28 +259,37 @@ async fn read_full(
     config: &OktaConfig,
     filter: &GroupFilter,
 ) -> Result<SourceRead, OktaError> {
-    let mut raw = Vec::new();
+    let mut read = empty_read(true);
+    // Each page is converted as it arrives, while the next one is on its way.
+    let mut users = Converted::default();
     client
-        .get_pages(&format!("/api/v1/users?limit={USER_PAGE}"), None, |items| {
-            raw.extend(items);
-            Ok(true)
-        })
+        .get_pages_of(
+            &format!("/api/v1/users?limit={USER_PAGE}"),
+            None,
+            |items: Vec<RawUser>| {
+                users.extend(items, config.suspended_is_active, &mut read.rejected);
+                Ok(true)
+            },
+        )
         .await?;
     let started = client.first_server_date().unwrap_or_else(Utc::now);
     let memberships = read_memberships(client, filter).await?;
-    let mut read = empty_read(true);
-    let mut users = convert_all(raw, config.suspended_is_active, &mut read.rejected);
-    for user in &mut users {
-        if let Some(groups) = memberships.get(&user.user.id.0) {
-            user.user.groups = groups.iter().cloned().collect();
+    let mut users = users.users;
+    if !memberships.is_empty() {
+        for user in &mut users {
+            if let Some(groups) = memberships.get(&user.user.id.0) {
+                user.user.groups = groups.iter().cloned().collect();
+            }
         }
     }
-    let directory = Directory::of(&users);
-    for user in &mut users {
-        match directory.manager_of(user) {
-            Some(manager) => user.user.manager = Some(manager),
-            None if user.user.manager_id.is_some() || user.manager_login.is_some() => {
-                read.warnings.push(manager_warning(user));
+    let managers = Directory::of(&users).managers(&users);
+    for (index, manager) in managers.into_iter().enumerate() {
+        match manager {
+            Some(manager) => users[index].user.manager = Some(users[manager].user.as_manager()),
+            None if users[index].user.manager_id.is_some()
+                || users[index].manager_login.is_some() =>
+            {
+                read.warnings.push(manager_warning(&users[index]));
             }
             None => {}
         }
@@ -301,12 +311,12 @@ async fn read_incremental(
 ) -> Result<SourceRead, ReadError> {
     let since = watermark - chrono::Duration::from_std(OVERLAP).unwrap_or_default();
     let since_text = format_time(since);
-    let mut raw = Vec::new();
+    let mut raw: Vec<RawUser> = Vec::new();
     client
-        .get_pages(
+        .get_pages_of(
             &search_path(&format!("lastUpdated gt \"{since_text}\"")),
             None,
-            |items| {
+            |items: Vec<RawUser>| {
                 raw.extend(items);
                 Ok(true)
             },
@@ -396,10 +406,14 @@ async fn read_incremental(
     }
 
     // Managers: in the batch, else in the cache, else fetched from Okta.
-    let directory = Directory::of(&users);
+    let in_batch = Directory::of(&users).managers(&users);
+    let in_batch: Vec<Option<ManagerRef>> = in_batch
+        .into_iter()
+        .map(|manager| manager.map(|manager| users[manager].user.as_manager()))
+        .collect();
     let mut unresolved = Vec::new();
-    for (index, user) in users.iter_mut().enumerate() {
-        let manager = match directory.manager_of(user) {
+    for ((index, user), in_batch) in users.iter_mut().enumerate().zip(in_batch) {
+        let manager = match in_batch {
             Some(manager) => Some(manager),
             None => match &user.user.manager_id {
                 Some(id) => cached(&id.0)?.map(|cached| cached.as_manager()),
@@ -490,7 +504,7 @@ async fn fetch_by_ids(
     suspended_is_active: bool,
     rejected: &mut Vec<RejectedRecord>,
 ) -> Result<Vec<OktaUser>, OktaError> {
-    let mut raw = Vec::new();
+    let mut raw: Vec<RawUser> = Vec::new();
     for chunk in ids.chunks(IDS_PER_SEARCH) {
         let query = chunk
             .iter()
@@ -498,7 +512,7 @@ async fn fetch_by_ids(
             .collect::<Vec<_>>()
             .join(" or ");
         client
-            .get_pages(&search_path(&query), None, |items| {
+            .get_pages_of(&search_path(&query), None, |items: Vec<RawUser>| {
                 raw.extend(items);
                 Ok(true)
             })
@@ -528,34 +542,55 @@ async fn fetch_manager(
         .map(|manager| manager.user.as_manager()))
 }
 
-/// Ids and logins of a batch, for manager resolution.
-struct Directory {
-    by_id: HashMap<String, ManagerRef>,
-    by_login: HashMap<String, ManagerRef>,
+/// Ids and logins of a batch, for manager resolution: positions in the batch, so that building
+/// it copies nothing but the logins that need lower-casing.
+struct Directory<'a> {
+    users: &'a [OktaUser],
+    by_id: HashMap<&'a str, usize>,
+    by_login: HashMap<Cow<'a, str>, usize>,
 }
 
-impl Directory {
-    fn of(users: &[OktaUser]) -> Directory {
-        let mut by_id = HashMap::new();
-        let mut by_login = HashMap::new();
-        for user in users {
-            let manager = user.user.as_manager();
+impl<'a> Directory<'a> {
+    fn of(users: &'a [OktaUser]) -> Directory<'a> {
+        let mut by_id = HashMap::with_capacity(users.len());
+        let mut by_login = HashMap::with_capacity(users.len());
+        for (index, user) in users.iter().enumerate() {
             if let Some(login) = &user.user.login {
-                by_login.insert(login.to_lowercase(), manager.clone());
+                by_login.insert(lowercase(login), index);
             }
-            by_id.insert(user.user.id.0.clone(), manager);
+            by_id.insert(user.user.id.0.as_str(), index);
         }
-        Directory { by_id, by_login }
+        Directory {
+            users,
+            by_id,
+            by_login,
+        }
     }
 
-    /// `profile.managerId`, else `profile.manager` as a login.
-    fn manager_of(&self, user: &OktaUser) -> Option<ManagerRef> {
+    /// The position of each user's manager in the batch (see [`Directory::manager_of`]).
+    fn managers(&self, users: &[OktaUser]) -> Vec<Option<usize>> {
+        users.iter().map(|user| self.manager_of(user)).collect()
+    }
+
+    /// `profile.managerId`, else `profile.manager` as a login: the manager's position in the
+    /// batch, unless it is the user.
+    fn manager_of(&self, user: &OktaUser) -> Option<usize> {
         let manager = match (&user.user.manager_id, &user.manager_login) {
-            (Some(id), _) => self.by_id.get(&id.0),
-            (None, Some(login)) => self.by_login.get(&login.to_lowercase()),
+            (Some(id), _) => self.by_id.get(id.0.as_str()),
+            (None, Some(login)) => self.by_login.get(&lowercase(login)),
             (None, None) => None,
-        }?;
-        (manager.id != user.user.id).then(|| manager.clone())
+        }
+        .copied()?;
+        (self.users[manager].user.id != user.user.id).then_some(manager)
+    }
+}
+
+/// `text.to_lowercase()`, borrowed when that changes nothing (checked for ASCII only).
+fn lowercase(text: &str) -> Cow<'_, str> {
+    if text.is_ascii() && !text.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.to_lowercase())
     }
 }
 
@@ -573,32 +608,186 @@ fn manager_warning(user: &OktaUser) -> String {
 }
 
 fn convert_all(
-    raw: Vec<Value>,
+    raw: Vec<RawUser>,
     suspended_is_active: bool,
     rejected: &mut Vec<RejectedRecord>,
 ) -> Vec<OktaUser> {
-    let mut seen = std::collections::HashSet::new();
-    let mut users = Vec::with_capacity(raw.len());
-    for item in raw {
-        match convert(item, suspended_is_active) {
-            // Okta's search may return a user twice across pages while it changes; keep one.
-            Ok(user) if seen.insert(user.user.id.clone()) => users.push(user),
-            Ok(_) => {}
-            Err(record) => rejected.push(record),
+    let mut users = Converted::default();
+    users.extend(raw, suspended_is_active, rejected);
+    users.users
+}
+
+/// Users converted so far, one per id.
+#[derive(Default)]
+struct Converted {
+    users: Vec<OktaUser>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Converted {
+    /// Converts `raw` and appends the users not seen yet; rejected records go to `rejected`.
+    fn extend(
+        &mut self,
+        raw: Vec<RawUser>,
+        suspended_is_active: bool,
+        rejected: &mut Vec<RejectedRecord>,
+    ) {
+        self.users.reserve(raw.len());
+        for item in raw {
+            match convert_raw(item, suspended_is_active) {
+                // Okta's search may return a user twice across pages while it changes; keep one.
+                Ok(user) if self.seen.insert(user.user.id.0.clone()) => self.users.push(user),
+                Ok(_) => {}
+                Err(record) => rejected.push(record),
+            }
         }
     }
-    users
+}
+
+/// The parts of an Okta user object that the source reads. A page is deserialized straight
+/// into these: the rest of each object (`_links`, `credentials`, `type`, the timestamps) is
+/// skipped without being built. Any JSON value is accepted, so that an odd record is rejected
+/// on its own by [`convert_raw`] rather than failing its page: a field of the wrong type is
+/// `None` (as `Value::as_str` would give), an item that is not an object has no fields.
+#[derive(Debug, Default)]
+struct RawUser {
+    /// `id`, when it is a string.
+    id: Option<String>,
+    /// `status`, when it is a string.
+    status: Option<String>,
+    /// `profile`, whatever it is (`None` when absent).
+    profile: Option<Value>,
+}
+
+impl RawUser {
+    /// The same parts of a user object already parsed (single users, tests).
+    fn from_value(raw: Value) -> RawUser {
+        let Value::Object(mut object) = raw else {
+            return RawUser::default();
+        };
+        let text = |value: Option<Value>| match value {
+            Some(Value::String(text)) => Some(text),
+            _ => None,
+        };
+        RawUser {
+            id: text(object.remove("id")),
+            status: text(object.remove("status")),
+            profile: object.remove("profile"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RawUser {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RawUser, D::Error> {
+        deserializer.deserialize_any(RawUserVisitor)
+    }
+}
+
+/// Reads a [`RawUser`] out of any JSON value (see there).
+struct RawUserVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawUserVisitor {
+    type Value = RawUser;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("an Okta user object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawUser, A::Error> {
+        let text = |value: Value| match value {
+            Value::String(text) => Some(text),
+            _ => None,
+        };
+        let mut user = RawUser::default();
+        // As with `Value`, a repeated key's last value wins.
+        while let Some(field) = map.next_key::<UserField>()? {
+            match field {
+                UserField::Id => user.id = text(map.next_value()?),
+                UserField::Status => user.status = text(map.next_value()?),
+                UserField::Profile => user.profile = Some(map.next_value()?),
+                UserField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(user)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawUser, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(RawUser::default())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<RawUser, E> {
+        Ok(RawUser::default())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<RawUser, E> {
+        Ok(RawUser::default())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<RawUser, E> {
+        Ok(RawUser::default())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<RawUser, E> {
+        Ok(RawUser::default())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<RawUser, E> {
+        Ok(RawUser::default())
+    }
+
+    fn visit_unit<E>(self) -> Result<RawUser, E> {
+        Ok(RawUser::default())
+    }
+}
+
+/// A key of an Okta user object, read without allocating.
+enum UserField {
+    Id,
+    Status,
+    Profile,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for UserField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<UserField, D::Error> {
+        struct FieldVisitor;
+        impl serde::de::Visitor<'_> for FieldVisitor {
+            type Value = UserField;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a key")
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<UserField, E> {
+                Ok(match key {
+                    "id" => UserField::Id,
+                    "status" => UserField::Status,
+                    "profile" => UserField::Profile,
+                    _ => UserField::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
 }
 
 /// Turns one Okta user object into a [`SourceUser`] (groups and manager resolved later).
-fn convert(mut raw: Value, suspended_is_active: bool) -> Result<OktaUser, RejectedRecord> {
-    // The profile is moved out, not copied: a full read converts 100,000 of them.
-    let profile = raw.get_mut("profile").map(Value::take);
-    let id = raw
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty());
-    let Some(id) = id else {
+fn convert(raw: Value, suspended_is_active: bool) -> Result<OktaUser, RejectedRecord> {
+    convert_raw(RawUser::from_value(raw), suspended_is_active)
+}
+
+/// Turns the parts of one Okta user object into a [`SourceUser`] (groups and manager resolved
+/// later).
+fn convert_raw(raw: RawUser, suspended_is_active: bool) -> Result<OktaUser, RejectedRecord> {
+    let RawUser {
+        id,
+        status,
+        profile,
+    } = raw;
+    let Some(id) = id.filter(|id| !id.is_empty()) else {
         return Err(RejectedRecord {
             idp_id: None,
             location: "Okta user without an id".into(),
@@ -606,20 +795,37 @@ fn convert(mut raw: Value, suspended_is_active: bool) -> Result<OktaUser, Reject
         });
     };
     let reject = |error: String| RejectedRecord {
-        idp_id: Some(IdpId(id.to_owned())),
+        idp_id: Some(IdpId(id.clone())),
         location: format!("Okta user {id}"),
         error,
     };
-    let status = raw
-        .get("status")
-        .and_then(Value::as_str)
-        .ok_or_else(|| reject("the user object has no `status`".into()))?;
+    let Some(status) = status else {
+        return Err(reject("the user object has no `status`".into()));
+    };
     let profile = match profile {
         Some(Value::Object(profile)) => profile,
         _ => return Err(reject("the user object has no `profile` object".into())),
     };
-    let text = |field: &str| -> Result<Option<String>, RejectedRecord> {
-        match profile.get(field) {
+    // One pass over the profile finds the fields (instead of a hashed lookup per field).
+    let mut fields = ProfileFields::default();
+    for (key, value) in &profile {
+        let slot = match key.as_str() {
+            "login" => &mut fields.login,
+            "email" => &mut fields.email,
+            "firstName" => &mut fields.first_name,
+            "lastName" => &mut fields.last_name,
+            "displayName" => &mut fields.display_name,
+            "department" => &mut fields.department,
+            "title" => &mut fields.title,
+            "employeeNumber" => &mut fields.employee_number,
+            "managerId" => &mut fields.manager_id,
+            "manager" => &mut fields.manager,
+            _ => continue,
+        };
+        *slot = Some(value);
+    }
+    let text = |value: Option<&Value>, field: &str| -> Result<Option<String>, RejectedRecord> {
+        match value {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
             Some(Value::String(text)) => Ok(Some(text.clone())),
@@ -629,30 +835,39 @@ fn convert(mut raw: Value, suspended_is_active: bool) -> Result<OktaUser, Reject
             ))),
         }
     };
-    let active = match status {
+    let active = match status.as_str() {
         "ACTIVE" | "PASSWORD_EXPIRED" | "LOCKED_OUT" | "RECOVERY" => true,
         "SUSPENDED" => suspended_is_active,
         _ => false,
     };
-    let manager_id = text("managerId")?.map(IdpId);
+    // Checked in this order, so that a record with several bad fields names the same one.
+    let manager_id = text(fields.manager_id, "managerId")?.map(IdpId);
     let manager_login = if manager_id.is_none() {
-        text("manager")?
+        text(fields.manager, "manager")?
     } else {
         None
     };
+    let login = text(fields.login, "login")?;
+    let email = text(fields.email, "email")?;
+    let given_name = text(fields.first_name, "firstName")?;
+    let family_name = text(fields.last_name, "lastName")?;
+    let display_name = text(fields.display_name, "displayName")?;
+    let department = text(fields.department, "department")?;
+    let title = text(fields.title, "title")?;
+    let employee_id = text(fields.employee_number, "employeeNumber")?;
     Ok(OktaUser {
         user: SourceUser {
-            id: IdpId(id.to_owned()),
-            login: text("login")?,
-            email: text("email")?,
-            given_name: text("firstName")?,
-            family_name: text("lastName")?,
-            display_name: text("displayName")?,
+            id: IdpId(id),
+            login,
+            email,
+            given_name,
+            family_name,
+            display_name,
             active,
-            status: Some(status.to_owned()),
-            department: text("department")?,
-            title: text("title")?,
-            employee_id: text("employeeNumber")?,
+            status: Some(status),
+            department,
+            title,
+            employee_id,
             manager_id,
             manager: None,
             groups: Vec::new(),
@@ -660,6 +875,21 @@ fn convert(mut raw: Value, suspended_is_active: bool) -> Result<OktaUser, Reject
         },
         manager_login,
     })
+}
+
+/// The profile attributes that [`SourceUser`] has fields for, found in one pass.
+#[derive(Default)]
+struct ProfileFields<'a> {
+    login: Option<&'a Value>,
+    email: Option<&'a Value>,
+    first_name: Option<&'a Value>,
+    last_name: Option<&'a Value>,
+    display_name: Option<&'a Value>,
+    department: Option<&'a Value>,
+    title: Option<&'a Value>,
+    employee_number: Option<&'a Value>,
+    manager_id: Option<&'a Value>,
+    manager: Option<&'a Value>,
 }
 
 /// One `group.user_membership.add/remove` event.

@@ -98,7 +98,11 @@ fn managers_resolve_by_id_else_by_login() {
     .map(|raw| convert(raw.clone(), false).expect("valid"))
     .collect();
     let directory = Directory::of(&users);
-    let boss = |index: usize| directory.manager_of(&users[index]).map(|m| m.id.0);
+    let boss = |index: usize| {
+        directory
+            .manager_of(&users[index])
+            .map(|m| users[m].user.id.0.clone())
+    };
     assert_eq!(boss(1).as_deref(), Some("00u0"));
     assert_eq!(boss(2).as_deref(), Some("00u0"));
     assert_eq!(boss(3), None);
@@ -142,4 +146,76 @@ fn search_values_are_escaped_and_encoded() {
         .expect("time")
         .with_timezone(&Utc);
     assert_eq!(format_time(time), "2026-11-26T10:00:00.000Z");
+}
+
+#[test]
+fn a_typed_page_reads_users_as_the_value_conversion_does() {
+    let page = json!([
+        okta_user(
+            "00u1",
+            "ACTIVE",
+            json!({"login": "Zoe@x.com", "email": "zoe@x.com", "firstName": "Zoë",
+                   "employeeNumber": 7, "managerId": "00u0", "nested": {"a": [1, null]},
+                   "mobilePhone": null, "manager": ["ignored", "with a managerId"]}),
+        ),
+        okta_user("00u2", "SUSPENDED", json!({"login": "b@x.com", "manager": "zoe@x.com"})),
+        okta_user("00u3", "ACTIVE", json!({"login": ["a", "b"]})),
+        {"id": 42, "status": "ACTIVE", "profile": {}},
+        {"id": "00u4", "status": ["ACTIVE"], "profile": {}},
+        {"id": "00u5", "status": "ACTIVE", "profile": "none"},
+        {"id": "00u6", "status": "ACTIVE"},
+        null,
+        "a string",
+        [1, 2],
+        7
+    ]);
+    let text = serde_json::to_string(&page).expect("serializes");
+    let typed: Vec<RawUser> = serde_json::from_str(&text).expect("any items are accepted");
+    let Value::Array(items) = serde_json::from_str::<Value>(&text).expect("parses") else {
+        unreachable!("an array")
+    };
+    assert_eq!(typed.len(), items.len());
+    for (raw, value) in typed.into_iter().zip(items) {
+        let expected = convert(value.clone(), true);
+        let got = convert_raw(raw, true);
+        match (got, expected) {
+            (Ok(got), Ok(expected)) => {
+                assert_eq!(got.user, expected.user, "{value}");
+                assert_eq!(got.manager_login, expected.manager_login, "{value}");
+            }
+            (Err(got), Err(expected)) => assert_eq!(got, expected, "{value}"),
+            (got, expected) => panic!("{value}: {got:?} vs {expected:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_typed_conversion_keeps_the_whole_profile_and_names_the_first_bad_field() {
+    let page = r#"[{"id":"00u1","status":"ACTIVE","_links":{"self":{"href":"x"}},
+        "profile":{"zeta":"z","login":"a@x.com","employeeNumber":12,"costCenter":null,
+                   "title":{"bad":1},"email":["bad"]}},
+        {"id":"00u2","status":"ACTIVE","profile":{"zeta":"z","login":"a@x.com","costCenter":null}}]"#;
+    let mut typed: Vec<RawUser> = serde_json::from_str(page).expect("parses");
+    let good = convert_raw(typed.pop().expect("two"), false).expect("valid");
+    let keys: Vec<&str> = good.user.attrs.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["zeta", "login", "costCenter"],
+        "all attributes, in order"
+    );
+    let bad = convert_raw(typed.pop().expect("two"), false).expect_err("bad fields");
+    assert!(
+        bad.error.starts_with("profile.email must be a string"),
+        "{}",
+        bad.error
+    );
+
+    // A repeated key: the last value wins, as when parsing into `Value`.
+    let repeated = r#"{"id":"00u7","status":"STAGED","id":"00u8","status":"ACTIVE",
+        "profile":{"title":"first"},"profile":{"title":"last"}}"#;
+    let typed: RawUser = serde_json::from_str(repeated).expect("parses");
+    let value: Value = serde_json::from_str(repeated).expect("parses");
+    let expected = convert(value, false).expect("valid").user;
+    assert_eq!(expected.id.0, "00u8");
+    assert_eq!(convert_raw(typed, false).expect("valid").user, expected);
 }
