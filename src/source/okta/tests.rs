@@ -197,7 +197,8 @@ fn the_typed_conversion_keeps_the_whole_profile_and_names_the_first_bad_field() 
         {"id":"00u2","status":"ACTIVE","profile":{"zeta":"z","login":"a@x.com","costCenter":null}}]"#;
     let mut typed: Vec<RawUser> = serde_json::from_str(page).expect("parses");
     let good = convert_raw(typed.pop().expect("two"), false).expect("valid");
-    let keys: Vec<&str> = good.user.attrs.keys().map(String::as_str).collect();
+    let attrs = good.user.attrs.to_map();
+    let keys: Vec<&str> = attrs.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
         ["zeta", "login", "costCenter"],
