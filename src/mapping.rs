@@ -187,7 +187,7 @@ pub enum Decision {
     /// attributes stand and the user was not mapped again.
     Unchanged,
     /// The mapping failed; the user is skipped (and nothing is deactivated for it).
-    Failed(MappingError),
+    Failed(Box<MappingError>),
 }
 
 /// One user after mapping.
@@ -450,7 +450,8 @@ impl Mapper {
     pub fn digest_of(&self, user: &SourceUser) -> Digest {
         let mut bytes = [0u8; 32];
         bytes[..16].copy_from_slice(&self.digest.to_le_bytes());
-        bytes[16..].copy_from_slice(&user.digest().0.to_le_bytes());
+        let user_digest = user.digest().0;
+        bytes[16..].copy_from_slice(&user_digest.to_le_bytes());
         Digest(xxhash_rust::xxh3::xxh3_128(&bytes))
     }
 
@@ -474,17 +475,34 @@ impl Mapper {
     /// [`Decision::Unchanged`]).
     fn map_unless(&self, user: &Arc<SourceUser>, unchanged: &Unchanged<'_>) -> MappedUser {
         let digest = self.digest_of(user);
-        let decision = if user.active && unchanged(&user.id, digest) {
-            Decision::Unchanged
-        } else if user.active {
+        if user.active && unchanged(&user.id, digest) {
+            return self.unchanged(user, digest);
+        }
+        self.map_with_digest(user, digest)
+    }
+
+    /// An unchanged user: its label is left empty (messages about it use the account's
+    /// userName from the state), so that 100,000 of them cost little.
+    fn unchanged(&self, user: &SourceUser, digest: Digest) -> MappedUser {
+        MappedUser {
+            idp_id: user.id.clone(),
+            label: String::new(),
+            manager: user.manager.as_ref().map(|manager| manager.id.clone()),
+            digest,
+            decision: Decision::Unchanged,
+        }
+    }
+
+    fn map_with_digest(&self, user: &Arc<SourceUser>, digest: Digest) -> MappedUser {
+        let decision = if user.active {
             let context = user_context(user);
             match self.in_scope(&context) {
                 Ok(true) => match self.attributes_of(user, &context) {
                     Ok(attributes) => Decision::Provision(attributes),
-                    Err(error) => Decision::Failed(error),
+                    Err(error) => Decision::Failed(Box::new(error)),
                 },
                 Ok(false) => Decision::OutOfScope,
-                Err(error) => Decision::Failed(error),
+                Err(error) => Decision::Failed(Box::new(error)),
             }
         } else {
             Decision::Inactive
@@ -504,42 +522,71 @@ impl Mapper {
     }
 
     /// Maps every user except those `unchanged` recognises by their digest, which get
-    /// [`Decision::Unchanged`] without being mapped (in parallel on large inputs; the result
-    /// keeps the input order).
+    /// [`Decision::Unchanged`] without being mapped. The digests are checked first on this
+    /// thread (cheap); the users left are mapped in parallel when there are many. The result
+    /// keeps the input order.
     pub fn map_all_unless(
         &self,
         users: &[Arc<SourceUser>],
         unchanged: &Unchanged<'_>,
     ) -> Vec<MappedUser> {
         const PARALLEL_FROM: usize = 2_000;
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        if users.len() < PARALLEL_FROM || threads < 2 {
-            return users
-                .iter()
-                .map(|user| self.map_unless(user, unchanged))
-                .collect();
+        // One vector, in input order: the users still to map hold an empty placeholder (no
+        // allocation) until their turn, so no second copy of 100,000 entries is ever made.
+        let mut mapped: Vec<MappedUser> = Vec::with_capacity(users.len());
+        let mut pending: Vec<(usize, Digest)> = Vec::new();
+        for (position, user) in users.iter().enumerate() {
+            let digest = self.digest_of(user);
+            if user.active && unchanged(&user.id, digest) {
+                mapped.push(self.unchanged(user, digest));
+            } else {
+                mapped.push(MappedUser {
+                    idp_id: IdpId(String::new()),
+                    label: String::new(),
+                    manager: None,
+                    digest,
+                    decision: Decision::Inactive,
+                });
+                pending.push((position, digest));
+            }
         }
-        let chunk = users.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = users
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|u| self.map_unless(u, unchanged))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|handle| match handle.join() {
-                    Ok(mapped) => mapped,
-                    // A panic inside minijinja is a bug; re-raise it where it can be seen.
-                    Err(panic) => std::panic::resume_unwind(panic),
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let done: Vec<(usize, MappedUser)> = if pending.len() < PARALLEL_FROM || threads < 2 {
+            pending
+                .iter()
+                .map(|&(position, digest)| {
+                    (position, self.map_with_digest(&users[position], digest))
                 })
                 .collect()
-        })
+        } else {
+            let chunk = pending.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = pending
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            part.iter()
+                                .map(|&(position, digest)| {
+                                    (position, self.map_with_digest(&users[position], digest))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|handle| match handle.join() {
+                        Ok(mapped) => mapped,
+                        // A panic inside minijinja is a bug; re-raise it where it can be seen.
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    })
+                    .collect()
+            })
+        };
+        for (position, user) in done {
+            mapped[position] = user;
+        }
+        mapped
     }
 
     /// Renders `[writeback] value` for a user whose SocialTalent account is `scim_id`; `None`

@@ -299,20 +299,28 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
     let mut mapped: Vec<&MappedUser> = mapped.iter().collect();
     mapped.sort_by(|a, b| a.idp_id.cmp(&b.idp_id));
     let target = inputs.target.map(TargetIndex::of);
+    // Who owns which account and which ids exist matter only for adoption and orphans, that
+    // is on read-back runs.
     let mut context = Context {
         managed: inputs.managed,
         drift_policy: inputs.reconcile.drift,
-        owners: state
-            .users
-            .iter()
-            .map(|(idp_id, record)| (record.scim_id.as_str(), idp_id))
-            .collect(),
-        known_ids: mapped
-            .iter()
-            .map(|user| &user.idp_id)
-            .chain(state.users.keys())
-            .map(|id| id.0.as_str())
-            .collect(),
+        owners: match target {
+            Some(_) => state
+                .users
+                .iter()
+                .map(|(idp_id, record)| (record.scim_id.as_str(), idp_id))
+                .collect(),
+            None => HashMap::new(),
+        },
+        known_ids: match target {
+            Some(_) => mapped
+                .iter()
+                .map(|user| &user.idp_id)
+                .chain(state.users.keys())
+                .map(|id| id.0.as_str())
+                .collect(),
+            None => HashSet::new(),
+        },
         claimed: HashSet::new(),
     };
 
@@ -1110,6 +1118,13 @@ fn deactivation(idp_id: &IdpId, record: &KnownUser, reason: &str) -> Action {
 /// it, and the others are skipped; when nobody holds it, all are skipped (never guessed: a 409
 /// would otherwise merge two people into one account). Returns each loser and who it clashes with.
 fn user_name_conflicts(mapped: &[MappedUser], state: &Snapshot) -> HashMap<IdpId, IdpId> {
+    // Only provisioned users can lose a clash; with none (a no-change run), there is none.
+    if !mapped
+        .iter()
+        .any(|user| matches!(user.decision, Decision::Provision(_)))
+    {
+        return HashMap::new();
+    }
     // Every claim on a name: the provisioned users' desired names, and the names of the
     // accounts the state holds for everyone else. Sorted by name, a clash is a run of equal
     // names; names are folded without allocating when they are lower-case ASCII already.

@@ -150,7 +150,7 @@ pub async fn plan_run(
     if let (false, Some(state)) = (read.full, state) {
         retry_failing_users(&mut read, &snapshot, state)?;
     }
-    tracing::debug!(message = "Source read.", users = read.users.len(), elapsed = ?started.elapsed());
+    tracing::debug!(message = "Source read.", users = read.users.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib());
     let shared = Arc::new(config.clone());
     // Mapping 100,000 users is CPU work: keep it off the async workers.
     let (read, mapped, mut snapshot) = tokio::task::spawn_blocking(move || {
@@ -165,7 +165,7 @@ pub async fn plan_run(
     })
     .await
     .map_err(|error| SyncError::Internal(format!("the mapping task failed: {error}")))?;
-    tracing::debug!(message = "Users mapped.", elapsed = ?started.elapsed());
+    tracing::debug!(message = "Users mapped.", elapsed = ?started.elapsed(), rss_kib = resident_kib());
     let managed = config.mapping.attributes();
     // Full runs read SocialTalent back (adoption, drift, orphans); accounts of unchanged users
     // that still hold what we pushed are kept as ids only.
@@ -190,7 +190,7 @@ pub async fn plan_run(
     if let Some(state) = state {
         let wanted = plan::needs_pushed(&mapped, &snapshot, target.as_deref(), &managed);
         state.load_pushed(&mut snapshot, &wanted)?;
-        tracing::debug!(message = "Stored attributes loaded.", users = wanted.len(), elapsed = ?started.elapsed());
+        tracing::debug!(message = "Stored attributes loaded.", users = wanted.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib());
     }
     let config = Arc::new(config.clone());
     let allow = options.allow_deactivations;
@@ -199,7 +199,7 @@ pub async fn plan_run(
     })
     .await
     .map_err(|error| SyncError::Internal(format!("the planning task failed: {error}")))?;
-    tracing::debug!(message = "Planned.", actions = planned.plan.actions.len(), elapsed = ?started.elapsed());
+    tracing::debug!(message = "Planned.", actions = planned.plan.actions.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib());
     Ok(planned)
 }
 
@@ -293,6 +293,13 @@ fn plan_mapped(
         snapshot,
         plan,
     }
+}
+
+/// This process's resident memory in KiB, for the phase logs (Linux; `None` elsewhere).
+fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Each active provisioned user's SocialTalent account (id, userName).
@@ -506,6 +513,7 @@ pub async fn run_once(
         stats,
     };
     record_run(state, &outcome, &started_at)?;
+    tracing::debug!(message = "Run recorded.", rss_kib = resident_kib());
     // Cursors advance only after the writes are recorded, and not at all when the run held
     // deactivations or stopped early: the next run must read those changes again.
     if outcome.held() == 0 && outcome.stopped.is_none() {

@@ -57,7 +57,7 @@ pub fn plan(
         let base = Action {
             op: Op::Writeback,
             idp_id: user.id.clone(),
-            user_name: mapped_user.label.clone(),
+            user_name: user.label().to_owned(),
             ..Action::empty(Op::Writeback)
         };
         match accounts.get(&user.id) {

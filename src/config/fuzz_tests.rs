@@ -710,12 +710,12 @@ fn sample_users() -> Vec<Arc<SourceUser>> {
         title: Some("Recruiter".into()),
         employee_id: Some("42".into()),
         manager_id: Some(IdpId("00u0".into())),
-        manager: Some(ManagerRef {
+        manager: Some(std::sync::Arc::new(ManagerRef {
             id: IdpId("00u0".into()),
             login: Some("ana@example.com".into()),
             email: Some("ana@example.com".into()),
             display_name: Some("Ana".into()),
-        }),
+        })),
         groups: vec![
             "SocialTalent".into(),
             "LP Onboarding".into(),

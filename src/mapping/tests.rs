@@ -120,12 +120,12 @@ fn manager_fields_are_visible() {
         )]),
     );
     let mut report = user("u2");
-    report.manager = Some(ManagerRef {
+    report.manager = Some(Arc::new(ManagerRef {
         id: IdpId("u1".into()),
         login: None,
         email: Some("Ana.Li@example.com".into()),
         display_name: None,
-    });
+    }));
     assert_eq!(
         provision(&mapper, report)["reportsTo"],
         json!("ana.li@example.com")

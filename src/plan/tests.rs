@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::mapping::MappingError;
-use crate::model::{FailureRecord, ManagerRef, RejectedRecord, SourceKind, SourceUser, UserRecord};
+use crate::model::{FailureRecord, RejectedRecord, SourceKind, SourceUser, UserRecord};
 
 fn safety() -> SafetyConfig {
     SafetyConfig {
@@ -78,7 +78,7 @@ fn source_user(id: &str) -> Arc<SourceUser> {
         title: None,
         employee_id: None,
         manager_id: None,
-        manager: None::<ManagerRef>,
+        manager: None,
         groups: Vec::new(),
         attrs: Default::default(),
     })
@@ -151,10 +151,10 @@ fn first_run_creates_and_skips_users_missing_mandatory_attributes() {
         decided("e", Decision::OutOfScope),
         decided(
             "f",
-            Decision::Failed(MappingError {
+            Decision::Failed(Box::new(MappingError {
                 attribute: "role".into(),
                 reason: "bad".into(),
-            }),
+            })),
         ),
     ];
     let plan = plan_of(&full_read(&mapped), &mapped, &Snapshot::default());

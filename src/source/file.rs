@@ -118,7 +118,7 @@ struct Batches {
 }
 
 impl Batches {
-    const SIZE: usize = 8192;
+    const SIZE: usize = 1024;
 
     fn push(&mut self, number: usize, raw: Raw) {
         self.pending.push((number, raw));
@@ -236,17 +236,10 @@ fn convert(raw: Raw) -> Converted {
     let parsed = match raw {
         Raw::Map(map) => return user_from_record(map).map(Arc::new),
         Raw::Bad(error) => return Err((None, error)),
-        Raw::Text(text) => serde_json::from_str::<Value>(&text),
-        Raw::Json(record) => serde_json::from_str::<Value>(record.get()),
+        Raw::Text(text) => user_from_json(&text),
+        Raw::Json(record) => user_from_json(record.get()),
     };
-    let map = match parsed {
-        Ok(Value::Object(map)) => map,
-        Ok(other) => {
-            return Err((None, format!("expected an object, found {}", kind(&other))));
-        }
-        Err(error) => return Err((None, format!("not valid JSON: {error}"))),
-    };
-    user_from_record(map).map(Arc::new)
+    parsed.map(Arc::new)
 }
 
 /// Converts the records, on every core for large files; the result keeps the file's order.
@@ -358,8 +351,13 @@ fn resolve_managers(users: &mut [Arc<SourceUser>], warnings: &mut Vec<String>, n
         }
     }
     drop(index);
+    // One reference per manager, shared by its reports.
+    let mut references: HashMap<usize, Arc<crate::model::ManagerRef>> = HashMap::new();
     for (position, manager) in resolved {
-        let reference = users[manager].as_manager();
+        let reference = references
+            .entry(manager)
+            .or_insert_with(|| users[manager].as_manager())
+            .clone();
         // Nothing else holds the users yet, so this never copies.
         Arc::make_mut(&mut users[position]).manager = Some(reference);
     }
@@ -367,7 +365,117 @@ fn resolve_managers(users: &mut [Arc<SourceUser>], warnings: &mut Vec<String>, n
 
 /// Turns one record into a user, or says which field is wrong.
 fn user_from_record(map: Map<String, Value>) -> Result<SourceUser, (Option<IdpId>, String)> {
-    let id = match map.get("id") {
+    user_from_fields(|key| map.get(key), || Attrs::from_map(&map))
+}
+
+/// Turns one JSON record into a user without building a map of it: only the fields
+/// [`SourceUser`] has slots for are parsed, and `attrs` is the record's own text, compacted.
+fn user_from_json(text: &str) -> Result<SourceUser, (Option<IdpId>, String)> {
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<Value>(text) {
+            Ok(other) => (None, format!("expected an object, found {}", kind(&other))),
+            Err(error) => (None, format!("not valid JSON: {error}")),
+        });
+    }
+    let known: Known =
+        serde_json::from_str(text).map_err(|error| (None, format!("not valid JSON: {error}")))?;
+    user_from_fields(
+        |key| known.get(key),
+        || Attrs::from_object_text(compact(text)),
+    )
+}
+
+/// The record fields [`SourceUser`] has slots for.
+const KNOWN: [&str; 13] = [
+    "id",
+    "login",
+    "email",
+    "given_name",
+    "family_name",
+    "display_name",
+    "active",
+    "status",
+    "department",
+    "title",
+    "employee_id",
+    "manager_id",
+    "groups",
+];
+
+/// The values of the [`KNOWN`] fields of one record (a repeated key's last value wins, as
+/// in a parsed map); every other value is skipped unparsed.
+#[derive(Default)]
+struct Known([Option<Value>; KNOWN.len()]);
+
+impl Known {
+    fn get(&self, key: &str) -> Option<&Value> {
+        let slot = KNOWN.iter().position(|known| *known == key)?;
+        self.0[slot].as_ref()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Known {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Known, D::Error> {
+        struct KnownVisitor;
+        impl<'de> serde::de::Visitor<'de> for KnownVisitor {
+            type Value = Known;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a record object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Known, A::Error> {
+                let mut known = Known::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match KNOWN.iter().position(|name| *name == key) {
+                        Some(slot) => known.0[slot] = Some(map.next_value()?),
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(known)
+            }
+        }
+        deserializer.deserialize_map(KnownVisitor)
+    }
+}
+
+/// JSON text without the blank space between tokens (strings are copied as they are).
+fn compact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for character in text.chars() {
+        if in_string {
+            out.push(character);
+            if escaped {
+                escaped = false;
+            } else if character == '\\' {
+                escaped = true;
+            } else if character == '"' {
+                in_string = false;
+            }
+        } else if character == '"' {
+            in_string = true;
+            out.push(character);
+        } else if !character.is_whitespace() {
+            out.push(character);
+        }
+    }
+    out
+}
+
+/// Builds a user from a record's fields (`get`) and its attributes (`attrs`, built only for
+/// a valid record), or says which field is wrong.
+fn user_from_fields<'a>(
+    get: impl Fn(&str) -> Option<&'a Value>,
+    attrs: impl FnOnce() -> Attrs,
+) -> Result<SourceUser, (Option<IdpId>, String)> {
+    let id = match get("id") {
         Some(Value::String(text)) if !text.trim().is_empty() => IdpId(text.trim().to_owned()),
         Some(Value::Number(number)) => IdpId(number.to_string()),
         Some(Value::Null) | None => return Err((None, "the record has no `id`".into())),
@@ -380,7 +488,7 @@ fn user_from_record(map: Map<String, Value>) -> Result<SourceUser, (Option<IdpId
     };
     let fail = |message: String| (Some(id.clone()), message);
     let text = |field: &str| -> Result<Option<String>, (Option<IdpId>, String)> {
-        match map.get(field) {
+        match get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
             Some(Value::String(text)) => Ok(Some(text.trim().to_owned())),
@@ -392,7 +500,7 @@ fn user_from_record(map: Map<String, Value>) -> Result<SourceUser, (Option<IdpId
         }
     };
     let status = text("status")?;
-    let active = match map.get("active") {
+    let active = match get("active") {
         None | Some(Value::Null) => match &status {
             Some(status) => matches!(status.to_ascii_lowercase().as_str(), "active" | "enabled"),
             None => true,
@@ -416,7 +524,7 @@ fn user_from_record(map: Map<String, Value>) -> Result<SourceUser, (Option<IdpId
             )));
         }
     };
-    let groups = match map.get("groups") {
+    let groups = match get("groups") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(text)) => text
             .split(';')
@@ -456,7 +564,7 @@ fn user_from_record(map: Map<String, Value>) -> Result<SourceUser, (Option<IdpId
         manager: None,
         groups,
         id,
-        attrs: Attrs::from_map(&map),
+        attrs: attrs(),
     })
 }
 

@@ -493,7 +493,7 @@ async fn read_full(
             Err(rejected) => read.rejected.push(rejected),
         }
     }
-    let directory: HashMap<IdpId, ManagerRef> = users
+    let directory: HashMap<IdpId, std::sync::Arc<ManagerRef>> = users
         .iter()
         .map(|user| (user.id.clone(), user.as_manager()))
         .collect();
@@ -648,7 +648,7 @@ async fn read_incremental(
     }
 
     // Managers: in the batch, else in the cache, else from Graph.
-    let batch: HashMap<IdpId, ManagerRef> = users
+    let batch: HashMap<IdpId, std::sync::Arc<ManagerRef>> = users
         .values()
         .map(|user| (user.id.clone(), user.as_manager()))
         .collect();

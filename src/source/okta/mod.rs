@@ -407,7 +407,7 @@ async fn read_incremental(
 
     // Managers: in the batch, else in the cache, else fetched from Okta.
     let in_batch = Directory::of(&users).managers(&users);
-    let in_batch: Vec<Option<ManagerRef>> = in_batch
+    let in_batch: Vec<Option<std::sync::Arc<ManagerRef>>> = in_batch
         .into_iter()
         .map(|manager| manager.map(|manager| users[manager].user.as_manager()))
         .collect();
@@ -525,7 +525,7 @@ async fn fetch_by_ids(
 async fn fetch_manager(
     client: &OktaClient,
     user: &OktaUser,
-) -> Result<Option<ManagerRef>, OktaError> {
+) -> Result<Option<std::sync::Arc<ManagerRef>>, OktaError> {
     let key = match (&user.user.manager_id, &user.manager_login) {
         (Some(id), _) => id.0.clone(),
         (None, Some(login)) => login.clone(),
