@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::wire::{self, TargetUser};
@@ -17,7 +19,10 @@ use crate::net::limiter::Limiter;
 use crate::net::retry::{self, Attempt, Backoff, Verdict};
 
 /// The SCIM media type.
-const SCIM_JSON: &str = "application/scim+json";
+const SCIM_JSON: HeaderValue = HeaderValue::from_static("application/scim+json");
+/// What the client accepts.
+const ACCEPT_JSON: HeaderValue =
+    HeaderValue::from_static("application/scim+json, application/json");
 
 /// What went wrong with a SCIM request, named by what the caller does next.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -101,7 +106,11 @@ pub struct UserPage {
 pub struct ScimClient {
     http: reqwest::Client,
     base_url: String,
+    /// `{base_url}/Users`, parsed once: creates and list pages do not parse it again.
+    users_url: Url,
     token: Arc<Secret>,
+    /// `Bearer {token}`, built once and marked sensitive.
+    authorization: HeaderValue,
     limiter: Limiter,
     backoff: Backoff,
     extension_schema: String,
@@ -125,9 +134,17 @@ impl ScimClient {
                 url: target.base_url.to_string(),
                 message: error.to_string(),
             })?;
+        let base_url = target.base_url.as_str().trim_end_matches('/').to_owned();
+        let users_url =
+            Url::parse(&format!("{base_url}/Users")).map_err(|error| ScimError::Transport {
+                url: target.base_url.to_string(),
+                message: error.to_string(),
+            })?;
         Ok(ScimClient {
             http,
-            base_url: target.base_url.as_str().trim_end_matches('/').to_owned(),
+            base_url,
+            users_url,
+            authorization: authorization(&token),
             token: Arc::new(token),
             limiter,
             // A server asking for more than five minutes is treated as down for this run
@@ -158,18 +175,24 @@ impl ScimClient {
         &self.extension_schema
     }
 
-    /// `POST /Users`; returns the new account's id.
+    /// `POST /Users` of `document` (a [`Value`], or a [`wire::UserDocument`] serialised straight
+    /// from the attributes); returns the new account's id.
     ///
     /// # Errors
     /// [`ScimError::Conflict`] on 409 (the account exists), or any other [`ScimError`].
-    pub async fn create(&self, document: &Value) -> Result<String, ScimError> {
+    pub async fn create<D: Serialize + ?Sized>(&self, document: &D) -> Result<String, ScimError> {
         /// Only the id of the echoed account is needed; the rest is skipped unparsed.
         #[derive(serde::Deserialize)]
         struct Created {
             id: String,
         }
         let body = self
-            .send(Method::POST, "/Users", &[], Some(document))
+            .send(
+                Method::POST,
+                "/Users",
+                &[],
+                Some(encode(document, "POST /Users")?),
+            )
             .await?;
         serde_json::from_slice::<Created>(&body)
             .map(|created| created.id)
@@ -183,8 +206,13 @@ impl ScimClient {
     ///
     /// # Errors
     /// [`ScimError::NotFound`] when the account is gone, or any other [`ScimError`].
-    pub async fn replace(&self, id: &str, document: &Value) -> Result<(), ScimError> {
-        self.send(Method::PUT, &user_path(id), &[], Some(document))
+    pub async fn replace<D: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        document: &D,
+    ) -> Result<(), ScimError> {
+        let body = encode(document, "PUT /Users/{id}")?;
+        self.send(Method::PUT, &user_path(id), &[], Some(body))
             .await
             .map(drop)
     }
@@ -194,6 +222,7 @@ impl ScimClient {
     /// # Errors
     /// [`ScimError::NotFound`] when the account is gone, or any other [`ScimError`].
     pub async fn patch(&self, id: &str, body: &Value) -> Result<(), ScimError> {
+        let body = encode(body, "PATCH /Users/{id}")?;
         self.send(Method::PATCH, &user_path(id), &[], Some(body))
             .await
             .map(drop)
@@ -340,21 +369,29 @@ impl ScimClient {
     }
 
     /// Sends one request through the limiter with retries; returns the body of a 2xx answer.
+    /// `body` is the encoded JSON; a retry sends the same bytes again without copying them.
     async fn send(
         &self,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<&Value>,
-    ) -> Result<Vec<u8>, ScimError> {
-        let url = format!("{}{}", self.base_url, path);
-        let encoded = body.map(|value| value.to_string());
+        body: Option<Bytes>,
+    ) -> Result<Bytes, ScimError> {
+        let url = if path == "/Users" {
+            self.users_url.clone()
+        } else {
+            let text = format!("{}{}", self.base_url, path);
+            Url::parse(&text).map_err(|error| ScimError::Transport {
+                url: text.clone(),
+                message: error.to_string(),
+            })?
+        };
         let mut attempts = 0u32;
         let outcome = retry::retry(
             &self.backoff,
             || {
                 attempts += 1;
-                self.attempt(&method, &url, query, encoded.as_deref(), attempts)
+                self.attempt(&method, &url, path, query, body.clone(), attempts)
             },
             |retry_no, delay, error: &ScimError| {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -382,29 +419,28 @@ impl ScimClient {
     async fn attempt(
         &self,
         method: &Method,
-        url: &str,
+        url: &Url,
+        path: &str,
         query: &[(&str, &str)],
-        body: Option<&str>,
+        body: Option<Bytes>,
         attempt: u32,
-    ) -> Result<Vec<u8>, Attempt<ScimError>> {
+    ) -> Result<Bytes, Attempt<ScimError>> {
         let _permit = self.limiter.acquire().await;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = self
             .http
-            .request(method.clone(), url)
-            .header(AUTHORIZATION, self.authorization())
-            .header(ACCEPT, "application/scim+json, application/json");
+            .request(method.clone(), url.clone())
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(ACCEPT, ACCEPT_JSON);
         if !query.is_empty() {
             request = request.query(query);
         }
         if let Some(body) = body {
-            request = request
-                .header(CONTENT_TYPE, SCIM_JSON)
-                .body(body.to_owned());
+            request = request.header(CONTENT_TYPE, SCIM_JSON).body(body);
         }
         let transport = |error: reqwest::Error| Attempt::Retry {
             error: ScimError::Transport {
-                url: url.to_owned(),
+                url: format!("{}{}", self.base_url, path),
                 message: describe_transport(&error),
             },
             after: None,
@@ -412,7 +448,7 @@ impl ScimClient {
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let verdict = classify_status(status, response.headers());
-        let bytes = response.bytes().await.map_err(transport)?.to_vec();
+        let bytes = response.bytes().await.map_err(transport)?;
         if status.is_success() {
             return Ok(bytes);
         }
@@ -447,13 +483,24 @@ impl ScimClient {
         };
         Err(Attempt::from_verdict(verdict, error))
     }
+}
 
-    fn authorization(&self) -> HeaderValue {
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.token.expose()))
-            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token-characters"));
-        value.set_sensitive(true);
-        value
-    }
+/// The `Authorization` header for `token`, marked sensitive (never printed by `Debug`).
+fn authorization(token: &Secret) -> HeaderValue {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token-characters"));
+    value.set_sensitive(true);
+    value
+}
+
+/// Encodes a request body as JSON.
+fn encode<D: Serialize + ?Sized>(document: &D, context: &str) -> Result<Bytes, ScimError> {
+    serde_json::to_vec(document)
+        .map(Bytes::from)
+        .map_err(|error| ScimError::InvalidResponse {
+            context: context.to_owned(),
+            message: format!("the request body cannot be encoded: {error}"),
+        })
 }
 
 fn classify_status(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Verdict {

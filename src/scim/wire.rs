@@ -55,44 +55,233 @@ pub fn placement(attribute: &str) -> Placement {
 
 pub use crate::model::TargetUser;
 
-/// The document for `POST /Users` and `PUT /Users/{id}`.
+/// The document for `POST /Users` and `PUT /Users/{id}`, as a JSON value (see [`UserDocument`]).
 pub fn user_document(attributes: &Attributes, extension_schema: &str, active: bool) -> Value {
-    let mut document = Map::new();
-    let mut schemas = vec![Value::from(CORE_SCHEMA)];
-    if !extension_schema.is_empty()
-        && attributes
-            .keys()
-            .any(|name| placement(name) == Placement::Extension)
-    {
-        schemas.push(Value::from(extension_schema));
-    }
-    document.insert("schemas".into(), Value::Array(schemas));
-    let mut name = Map::new();
-    let mut extension = Map::new();
-    for (attribute, value) in attributes {
-        match placement(attribute) {
-            Placement::Core => {
-                document.insert(attribute.clone(), core_value(attribute, value));
-            }
-            Placement::Name => {
-                name.insert(attribute["name.".len()..].to_owned(), value.clone());
-            }
-            Placement::Extension if extension_schema.is_empty() => {
-                document.insert(attribute.clone(), value.clone());
-            }
-            Placement::Extension => {
-                extension.insert(attribute.clone(), value.clone());
-            }
+    // Serialising `Value`s and `bool`s into a `Value` cannot fail (every key is a string).
+    serde_json::to_value(UserDocument::new(attributes, extension_schema, active))
+        .unwrap_or(Value::Null)
+}
+
+/// The document for `POST /Users` and `PUT /Users/{id}`, serialised straight from the attributes
+/// without building a JSON value first (a create is sent as `serde_json::to_vec` of it).
+///
+/// The keys come in the order of SPEC §2's example, which reads best: `schemas`, identity, core
+/// (`userName`, `externalId`, `active`, `name`, `displayName`, `emails`, `title`), the other
+/// top-level attributes in attribute order (those starting with `urn:` last), then the extension
+/// object. Later parts win over earlier ones for the same key, as they always did: `active`,
+/// the `name` object and the extension object over a mapped attribute of that name, and a mapped
+/// top-level `schemas` over the generated one.
+#[derive(Debug, Clone, Copy)]
+pub struct UserDocument<'a> {
+    attributes: &'a Attributes,
+    extension_schema: &'a str,
+    active: bool,
+}
+
+impl<'a> UserDocument<'a> {
+    /// The document of `attributes`, with `active` set as given.
+    pub fn new(attributes: &'a Attributes, extension_schema: &'a str, active: bool) -> Self {
+        UserDocument {
+            attributes,
+            extension_schema,
+            active,
         }
     }
-    document.insert("active".into(), Value::Bool(active));
-    if !name.is_empty() {
-        document.insert("name".into(), Value::Object(name));
+
+    /// The top-level entries, one per key, in the order they were historically inserted (a
+    /// later entry for the same key replaces the earlier one in place).
+    fn entries(&self) -> Vec<(&'a str, Entry<'a>)> {
+        let extension_schema = self.extension_schema;
+        let mut entries: Vec<(&'a str, Entry<'a>)> = Vec::with_capacity(self.attributes.len() + 4);
+        let mut put = |key: &'a str, entry: Entry<'a>| match entries
+            .iter_mut()
+            .find(|(existing, _)| *existing == key)
+        {
+            Some(slot) => slot.1 = entry,
+            None => entries.push((key, entry)),
+        };
+        let mut has_name = false;
+        let mut has_extension = false;
+        for name in self.attributes.keys() {
+            match placement(name) {
+                Placement::Name => has_name = true,
+                Placement::Extension if !extension_schema.is_empty() => has_extension = true,
+                _ => {}
+            }
+        }
+        put("schemas", Entry::Schemas { has_extension });
+        for (attribute, value) in self.attributes {
+            match placement(attribute) {
+                Placement::Core => put(attribute, Entry::Core(attribute, value)),
+                Placement::Extension if extension_schema.is_empty() => {
+                    put(attribute, Entry::Plain(value))
+                }
+                Placement::Name | Placement::Extension => {}
+            }
+        }
+        put("active", Entry::Active);
+        if has_name {
+            put("name", Entry::Name);
+        }
+        if has_extension {
+            put(extension_schema, Entry::Extension);
+        }
+        entries
     }
-    if !extension.is_empty() {
-        document.insert(extension_schema.to_owned(), Value::Object(extension));
+}
+
+/// The keys that lead the document, in this order.
+const LEADING_KEYS: [&str; 8] = [
+    "schemas",
+    "userName",
+    "externalId",
+    "active",
+    "name",
+    "displayName",
+    "emails",
+    "title",
+];
+
+/// One top-level entry of a [`UserDocument`].
+#[derive(Debug, Clone, Copy)]
+enum Entry<'a> {
+    /// The generated `schemas` list.
+    Schemas { has_extension: bool },
+    /// The `active` flag.
+    Active,
+    /// A core attribute (`emails` and `phoneNumbers` become multi-valued, see [`core_value`]).
+    Core(&'a str, &'a Value),
+    /// A top-level attribute sent as it is.
+    Plain(&'a Value),
+    /// The `name` object of the `name.*` attributes.
+    Name,
+    /// The extension object.
+    Extension,
+}
+
+impl serde::Serialize for UserDocument<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let entries = self.entries();
+        let mut map = serializer.serialize_map(Some(entries.len()))?;
+        let put = |map: &mut S::SerializeMap, key: &str, entry: &Entry<'_>| match *entry {
+            Entry::Schemas { has_extension } => {
+                if has_extension {
+                    map.serialize_entry(key, &[CORE_SCHEMA, self.extension_schema])
+                } else {
+                    map.serialize_entry(key, &[CORE_SCHEMA])
+                }
+            }
+            Entry::Active => map.serialize_entry(key, &self.active),
+            Entry::Core(attribute, value) => map.serialize_entry(key, &CoreValue(attribute, value)),
+            Entry::Plain(value) => map.serialize_entry(key, value),
+            Entry::Name => map.serialize_entry(
+                key,
+                &Section {
+                    attributes: self.attributes,
+                    placement: Placement::Name,
+                },
+            ),
+            Entry::Extension => map.serialize_entry(
+                key,
+                &Section {
+                    attributes: self.attributes,
+                    placement: Placement::Extension,
+                },
+            ),
+        };
+        for leading in LEADING_KEYS {
+            if let Some((key, entry)) = entries.iter().find(|(key, _)| *key == leading) {
+                put(&mut map, key, entry)?;
+            }
+        }
+        for urn in [false, true] {
+            for (key, entry) in &entries {
+                if !LEADING_KEYS.contains(key) && key.starts_with("urn:") == urn {
+                    put(&mut map, key, entry)?;
+                }
+            }
+        }
+        map.end()
     }
-    order_like_spec(document)
+}
+
+/// The `name` object (sub-attributes without the `name.` prefix) or the extension object.
+struct Section<'a> {
+    attributes: &'a Attributes,
+    placement: Placement,
+}
+
+impl serde::Serialize for Section<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (attribute, value) in self.attributes {
+            if placement(attribute) != self.placement {
+                continue;
+            }
+            let key = match self.placement {
+                Placement::Name => &attribute["name.".len()..],
+                Placement::Core | Placement::Extension => attribute.as_str(),
+            };
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// A core attribute's value as sent: [`core_value`] without building it.
+struct CoreValue<'a>(&'a str, &'a Value);
+
+impl serde::Serialize for CoreValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let CoreValue(attribute, value) = *self;
+        if !matches!(attribute, "emails" | "phoneNumbers") {
+            return value.serialize(serializer);
+        }
+        match value {
+            Value::String(text) => {
+                let mut seq = serializer.serialize_seq(Some(1))?;
+                seq.serialize_element(&WorkEntry {
+                    value: text,
+                    primary: true,
+                })?;
+                seq.end()
+            }
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for (index, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(text) => seq.serialize_element(&WorkEntry {
+                            value: text,
+                            primary: index == 0,
+                        })?,
+                        other => seq.serialize_element(other)?,
+                    }
+                }
+                seq.end()
+            }
+            other => other.serialize(serializer),
+        }
+    }
+}
+
+/// `{"value": …, "type": "work", "primary": …}`.
+struct WorkEntry<'a> {
+    value: &'a str,
+    primary: bool,
+}
+
+impl serde::Serialize for WorkEntry<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("value", self.value)?;
+        map.serialize_entry("type", "work")?;
+        map.serialize_entry("primary", &self.primary)?;
+        map.end()
+    }
 }
 
 /// The `PUT /Users/{id}` document that sets our attributes and keeps what SocialTalent holds
@@ -304,33 +493,6 @@ fn core_value(attribute: &str, value: &Value) -> Value {
     }
 }
 
-/// Puts the keys in the order of SPEC §2's example, which reads best: schemas, identity, core,
-/// then the extension.
-fn order_like_spec(mut document: Map<String, Value>) -> Value {
-    let order = [
-        "schemas",
-        "userName",
-        "externalId",
-        "active",
-        "name",
-        "displayName",
-        "emails",
-        "title",
-    ];
-    let mut ordered = Map::new();
-    for key in order {
-        if let Some(value) = document.remove(key) {
-            ordered.insert(key.to_owned(), value);
-        }
-    }
-    let (extensions, rest): (Vec<_>, Vec<_>) = document
-        .into_iter()
-        .partition(|(key, _)| key.starts_with("urn:"));
-    ordered.extend(rest);
-    ordered.extend(extensions);
-    Value::Object(ordered)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +536,147 @@ mod tests {
               }
             })
         );
+    }
+
+    #[test]
+    fn create_document_keys_come_in_the_spec_order() {
+        let text = serde_json::to_string(&UserDocument::new(&zoe(), EXT, true)).expect("json");
+        let keys: Vec<String> = serde_json::from_str::<Map<String, Value>>(&text)
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "schemas",
+                "userName",
+                "externalId",
+                "active",
+                "name",
+                "emails",
+                "title",
+                EXT
+            ]
+        );
+    }
+
+    /// The document as it was built before it was serialised straight from the attributes: a
+    /// JSON map filled in order (later inserts replace earlier ones), then reordered.
+    fn document_built_as_a_map(
+        attributes: &Attributes,
+        extension_schema: &str,
+        active: bool,
+    ) -> Value {
+        let mut document = Map::new();
+        let mut schemas = vec![Value::from(CORE_SCHEMA)];
+        if !extension_schema.is_empty()
+            && attributes
+                .keys()
+                .any(|name| placement(name) == Placement::Extension)
+        {
+            schemas.push(Value::from(extension_schema));
+        }
+        document.insert("schemas".into(), Value::Array(schemas));
+        let mut name = Map::new();
+        let mut extension = Map::new();
+        for (attribute, value) in attributes {
+            match placement(attribute) {
+                Placement::Core => {
+                    document.insert(attribute.clone(), core_value(attribute, value));
+                }
+                Placement::Name => {
+                    name.insert(attribute["name.".len()..].to_owned(), value.clone());
+                }
+                Placement::Extension if extension_schema.is_empty() => {
+                    document.insert(attribute.clone(), value.clone());
+                }
+                Placement::Extension => {
+                    extension.insert(attribute.clone(), value.clone());
+                }
+            }
+        }
+        document.insert("active".into(), Value::Bool(active));
+        if !name.is_empty() {
+            document.insert("name".into(), Value::Object(name));
+        }
+        if !extension.is_empty() {
+            document.insert(extension_schema.to_owned(), Value::Object(extension));
+        }
+        Value::Object(document)
+    }
+
+    /// How many keys an object's text holds, repeated ones included.
+    struct KeysWritten(usize);
+
+    impl<'de> serde::Deserialize<'de> for KeysWritten {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Count;
+            impl<'de> serde::de::Visitor<'de> for Count {
+                type Value = KeysWritten;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<KeysWritten, A::Error> {
+                    let mut n = 0;
+                    while map.next_entry::<String, serde::de::IgnoredAny>()?.is_some() {
+                        n += 1;
+                    }
+                    Ok(KeysWritten(n))
+                }
+            }
+            deserializer.deserialize_map(Count)
+        }
+    }
+
+    #[test]
+    fn the_serialised_document_holds_what_the_map_built_one_held() {
+        let mut odd = zoe();
+        for (name, value) in [
+            ("active", json!("yes")),
+            ("schemas", json!(["mine"])),
+            ("name", json!("plain")),
+            ("urn:other:ext:field", json!(1)),
+            ("nickName", json!("Zo")),
+            ("phoneNumbers", json!(["+1 555", {"value": "+2"}, "+3"])),
+            ("locale", json!(null)),
+        ] {
+            odd.insert(name.to_owned(), value);
+        }
+        let mut without_name = odd.clone();
+        without_name.retain(|name, _| !name.starts_with("name."));
+        let mut phone_text = Attributes::new();
+        phone_text.insert("phoneNumbers".into(), json!("+1 555"));
+        phone_text.insert("emails".into(), json!(7));
+        let sets = [zoe(), odd, without_name, phone_text, Attributes::new()];
+        for attributes in &sets {
+            for extension_schema in [EXT, "", "title", "active", "name", "schemas"] {
+                for active in [true, false] {
+                    let expected = document_built_as_a_map(attributes, extension_schema, active);
+                    let text = serde_json::to_string(&UserDocument::new(
+                        attributes,
+                        extension_schema,
+                        active,
+                    ))
+                    .expect("json");
+                    let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
+                    let written: KeysWritten = serde_json::from_str(&text).expect("an object");
+                    assert_eq!(
+                        written.0,
+                        parsed.as_object().map_or(0, Map::len),
+                        "no key twice: {text}"
+                    );
+                    assert_eq!(parsed, expected, "{extension_schema:?}: {text}");
+                    assert_eq!(
+                        user_document(attributes, extension_schema, active),
+                        expected
+                    );
+                }
+            }
+        }
     }
 
     #[test]
