@@ -139,14 +139,35 @@ impl Attrs {
     }
 
     /// Attributes from the text of a JSON object that the caller has checked (for example a
-    /// record a parser just accepted), kept as they are.
+    /// record a parser just accepted and [compacted]), kept as they are.
+    ///
+    /// [compacted]: crate::source::file
     pub fn from_object_text(text: String) -> Attrs {
         Attrs(text.into_boxed_str())
     }
 
+    /// Attributes straight from the JSON text of an object, as a source received it: no map is
+    /// built and nothing is re-serialised, the text is kept as it is. `None` when the value is
+    /// not an object.
+    ///
+    /// The text is not normalised: whitespace between tokens, escapes (`\u00e9` for `é`) and a
+    /// repeated key stay as they were sent. Sources send compact JSON, so the text is compact in
+    /// practice, and [`Attrs::to_map`] reads any of it as [`Attrs::from_map`]'s text would be
+    /// read (a repeated key's last value wins). Only [`Attrs::as_json`], and so
+    /// [`SourceUser::digest`], can tell the difference: the same attributes sent differently
+    /// have different digests, which costs a user's mapping, never its outcome.
+    pub fn from_json_object(object: Box<serde_json::value::RawValue>) -> Option<Attrs> {
+        // `RawValue` holds valid JSON with no whitespace around it, so its first byte says
+        // whether it is an object.
+        if !object.get().starts_with('{') {
+            return None;
+        }
+        Some(Attrs(object.into()))
+    }
+
     /// The attributes as a map (parsed on each call).
     pub fn to_map(&self) -> serde_json::Map<String, Value> {
-        // The text was produced by `from_map`, so it always parses.
+        // The text was produced by `from_map` or is a JSON object's, so it always parses.
         serde_json::from_str(&self.0).unwrap_or_default()
     }
 

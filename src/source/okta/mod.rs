@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use self::auth::OktaAuth;
 use self::client::{OktaClient, OktaError};
@@ -655,8 +656,10 @@ struct RawUser {
     id: Option<String>,
     /// `status`, when it is a string.
     status: Option<String>,
-    /// `profile`, whatever it is (`None` when absent).
-    profile: Option<Value>,
+    /// `profile`, whatever it is (`None` when absent), as the JSON text it came in: it becomes
+    /// [`SourceUser::attrs`] as it is, and only the fields [`SourceUser`] has slots for are
+    /// read out of it ([`ProfileFields`]).
+    profile: Option<Box<RawValue>>,
 }
 
 impl RawUser {
@@ -672,7 +675,10 @@ impl RawUser {
         RawUser {
             id: text(object.remove("id")),
             status: text(object.remove("status")),
-            profile: object.remove("profile"),
+            // Serialising a `Value` cannot fail (its keys are strings).
+            profile: object
+                .remove("profile")
+                .and_then(|profile| serde_json::value::to_raw_value(&profile).ok()),
         }
     }
 }
@@ -802,35 +808,17 @@ fn convert_raw(raw: RawUser, suspended_is_active: bool) -> Result<OktaUser, Reje
     let Some(status) = status else {
         return Err(reject("the user object has no `status`".into()));
     };
-    let profile = match profile {
-        Some(Value::Object(profile)) => profile,
-        _ => return Err(reject("the user object has no `profile` object".into())),
+    let Some(attrs) = profile.and_then(Attrs::from_json_object) else {
+        return Err(reject("the user object has no `profile` object".into()));
     };
-    // One pass over the profile finds the fields (instead of a hashed lookup per field).
-    let mut fields = ProfileFields::default();
-    for (key, value) in &profile {
-        let slot = match key.as_str() {
-            "login" => &mut fields.login,
-            "email" => &mut fields.email,
-            "firstName" => &mut fields.first_name,
-            "lastName" => &mut fields.last_name,
-            "displayName" => &mut fields.display_name,
-            "department" => &mut fields.department,
-            "title" => &mut fields.title,
-            "employeeNumber" => &mut fields.employee_number,
-            "managerId" => &mut fields.manager_id,
-            "manager" => &mut fields.manager,
-            _ => continue,
-        };
-        *slot = Some(value);
-    }
-    let text = |value: Option<&Value>, field: &str| -> Result<Option<String>, RejectedRecord> {
+    // The profile is valid JSON and an object, and any values are accepted: this cannot fail.
+    let fields: ProfileFields = serde_json::from_str(attrs.as_json())
+        .map_err(|error| reject(format!("the `profile` object cannot be read: {error}")))?;
+    let text = |value: ProfileField, field: &str| -> Result<Option<String>, RejectedRecord> {
         match value {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text.clone())),
-            Some(Value::Number(number)) => Ok(Some(number.to_string())),
-            Some(other) => Err(reject(format!(
+            ProfileField::Absent => Ok(None),
+            ProfileField::Text(text) => Ok(text),
+            ProfileField::Other(other) => Err(reject(format!(
                 "profile.{field} must be a string, found {other}"
             ))),
         }
@@ -871,25 +859,197 @@ fn convert_raw(raw: RawUser, suspended_is_active: bool) -> Result<OktaUser, Reje
             manager_id,
             manager: None,
             groups: Vec::new(),
-            attrs: Attrs::from_map(&profile),
+            attrs,
         },
         manager_login,
     })
 }
 
-/// The profile attributes that [`SourceUser`] has fields for, found in one pass.
+/// The profile attributes that [`SourceUser`] has fields for, read out of the profile's text
+/// in one pass: other attributes are skipped unbuilt, and a key is matched without being
+/// allocated. As with `Value`, a repeated key's last value wins.
 #[derive(Default)]
-struct ProfileFields<'a> {
-    login: Option<&'a Value>,
-    email: Option<&'a Value>,
-    first_name: Option<&'a Value>,
-    last_name: Option<&'a Value>,
-    display_name: Option<&'a Value>,
-    department: Option<&'a Value>,
-    title: Option<&'a Value>,
-    employee_number: Option<&'a Value>,
-    manager_id: Option<&'a Value>,
-    manager: Option<&'a Value>,
+struct ProfileFields {
+    login: ProfileField,
+    email: ProfileField,
+    first_name: ProfileField,
+    last_name: ProfileField,
+    display_name: ProfileField,
+    department: ProfileField,
+    title: ProfileField,
+    employee_number: ProfileField,
+    manager_id: ProfileField,
+    manager: ProfileField,
+}
+
+/// One profile field, read as `convert_raw` takes it: text when it is a string or a number, the
+/// JSON of anything else so that the rejection can show it. Nothing is decided here, so that
+/// a record with several bad fields names the one `convert_raw` checks first.
+#[derive(Default)]
+enum ProfileField {
+    /// Not in the profile.
+    #[default]
+    Absent,
+    /// A string (`None` when null or blank) or a number (as `Number::to_string` writes it).
+    Text(Option<String>),
+    /// Anything else, as compact JSON.
+    Other(String),
+}
+
+impl<'de> serde::Deserialize<'de> for ProfileFields {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<ProfileFields, D::Error> {
+        deserializer.deserialize_map(ProfileFieldsVisitor)
+    }
+}
+
+struct ProfileFieldsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ProfileFieldsVisitor {
+    type Value = ProfileFields;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("an Okta profile object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<ProfileFields, A::Error> {
+        let mut fields = ProfileFields::default();
+        while let Some(key) = map.next_key::<ProfileKey>()? {
+            let slot = match key {
+                ProfileKey::Login => &mut fields.login,
+                ProfileKey::Email => &mut fields.email,
+                ProfileKey::FirstName => &mut fields.first_name,
+                ProfileKey::LastName => &mut fields.last_name,
+                ProfileKey::DisplayName => &mut fields.display_name,
+                ProfileKey::Department => &mut fields.department,
+                ProfileKey::Title => &mut fields.title,
+                ProfileKey::EmployeeNumber => &mut fields.employee_number,
+                ProfileKey::ManagerId => &mut fields.manager_id,
+                ProfileKey::Manager => &mut fields.manager,
+                ProfileKey::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = map.next_value()?;
+        }
+        Ok(fields)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProfileField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ProfileField, D::Error> {
+        deserializer.deserialize_any(ProfileFieldVisitor)
+    }
+}
+
+struct ProfileFieldVisitor;
+
+impl ProfileFieldVisitor {
+    fn number(number: serde_json::Number) -> ProfileField {
+        ProfileField::Text(Some(number.to_string()))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ProfileFieldVisitor {
+    type Value = ProfileField;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<ProfileField, E> {
+        Ok(ProfileField::Text(
+            (!text.trim().is_empty()).then(|| text.to_owned()),
+        ))
+    }
+
+    fn visit_unit<E>(self) -> Result<ProfileField, E> {
+        Ok(ProfileField::Text(None))
+    }
+
+    fn visit_i64<E>(self, number: i64) -> Result<ProfileField, E> {
+        Ok(Self::number(number.into()))
+    }
+
+    fn visit_u64<E>(self, number: u64) -> Result<ProfileField, E> {
+        Ok(Self::number(number.into()))
+    }
+
+    fn visit_f64<E>(self, number: f64) -> Result<ProfileField, E> {
+        // JSON has no infinities or NaN, so the number always exists.
+        Ok(match serde_json::Number::from_f64(number) {
+            Some(number) => Self::number(number),
+            None => ProfileField::Other(number.to_string()),
+        })
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<ProfileField, E> {
+        Ok(ProfileField::Other(value.to_string()))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<ProfileField, A::Error> {
+        let value = <Value as serde::Deserialize>::deserialize(
+            serde::de::value::SeqAccessDeserializer::new(seq),
+        )?;
+        Ok(ProfileField::Other(value.to_string()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ProfileField, A::Error> {
+        let value = <Value as serde::Deserialize>::deserialize(
+            serde::de::value::MapAccessDeserializer::new(map),
+        )?;
+        Ok(ProfileField::Other(value.to_string()))
+    }
+}
+
+/// A key of an Okta profile, read without allocating.
+enum ProfileKey {
+    Login,
+    Email,
+    FirstName,
+    LastName,
+    DisplayName,
+    Department,
+    Title,
+    EmployeeNumber,
+    ManagerId,
+    Manager,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for ProfileKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ProfileKey, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = ProfileKey;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a key")
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<ProfileKey, E> {
+                Ok(match key {
+                    "login" => ProfileKey::Login,
+                    "email" => ProfileKey::Email,
+                    "firstName" => ProfileKey::FirstName,
+                    "lastName" => ProfileKey::LastName,
+                    "displayName" => ProfileKey::DisplayName,
+                    "department" => ProfileKey::Department,
+                    "title" => ProfileKey::Title,
+                    "employeeNumber" => ProfileKey::EmployeeNumber,
+                    "managerId" => ProfileKey::ManagerId,
+                    "manager" => ProfileKey::Manager,
+                    _ => ProfileKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
 }
 
 /// One `group.user_membership.add/remove` event.

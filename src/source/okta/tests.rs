@@ -164,6 +164,14 @@ fn a_typed_page_reads_users_as_the_value_conversion_does() {
         {"id": "00u4", "status": ["ACTIVE"], "profile": {}},
         {"id": "00u5", "status": "ACTIVE", "profile": "none"},
         {"id": "00u6", "status": "ACTIVE"},
+        {"id": "00u7", "status": "ACTIVE", "profile": null},
+        {"id": "00u8", "status": "ACTIVE", "profile": [{"login": "a@x.com"}]},
+        okta_user("00u9", "ACTIVE", json!({"login": "c@x.com", "employeeNumber": 1.5e3,
+                                           "title": "  ", "department": -0.25, "email": null})),
+        okta_user("00u10", "ACTIVE", json!({"login": "d@x.com", "title": true})),
+        okta_user("00u11", "ACTIVE", json!({"login": "e@x.com", "managerId": {"id": [1, {"b": null}]}})),
+        okta_user("00u12", "ACTIVE", json!({"login": "f@x.com", "employeeNumber": 18446744073709551615_u64,
+                                            "department": i64::MIN})),
         null,
         "a string",
         [1, 2],
@@ -219,4 +227,73 @@ fn the_typed_conversion_keeps_the_whole_profile_and_names_the_first_bad_field() 
     let expected = convert(value, false).expect("valid").user;
     assert_eq!(expected.id.0, "00u8");
     assert_eq!(convert_raw(typed, false).expect("valid").user, expected);
+}
+
+#[test]
+fn the_profile_text_becomes_the_attributes_as_it_came() {
+    // Whitespace, escapes, a null and a repeated key, as a proxy or another server might send.
+    let page = r#"[{"id":"00u1","status":"ACTIVE","profile": {
+        "login" : "old@x.com", "first\u004eame": "Zo\u00eb", "mobilePhone": null,
+        "nested": {"a": [1, null]}, "login": "a@x.com", "title": "Recruiter" } }]"#;
+    let mut typed: Vec<RawUser> = serde_json::from_str(page).expect("parses");
+    let user = convert_raw(typed.pop().expect("one"), false)
+        .expect("valid")
+        .user;
+    assert_eq!(
+        user.login.as_deref(),
+        Some("a@x.com"),
+        "the last value wins"
+    );
+    assert_eq!(
+        user.given_name.as_deref(),
+        Some("Zoë"),
+        "keys are unescaped"
+    );
+    assert_eq!(user.title.as_deref(), Some("Recruiter"));
+    assert!(
+        user.attrs.as_json().starts_with(
+            r#"{
+        "login" : "old@x.com""#
+        ),
+        "kept as sent: {:?}",
+        user.attrs
+    );
+    let attrs = user.attrs.to_map();
+    assert_eq!(
+        Value::Object(attrs),
+        json!({"login": "a@x.com", "firstName": "Zoë", "mobilePhone": null,
+               "nested": {"a": [1, null]}, "title": "Recruiter"}),
+        "read back as the parsed profile would be"
+    );
+    assert_eq!(
+        user.attrs.get("mobilePhone"),
+        Some(Value::Null),
+        "nulls are kept"
+    );
+}
+
+#[test]
+fn a_profile_field_of_the_wrong_type_is_named_with_its_value() {
+    for (profile, error) in [
+        (
+            json!({"title": true}),
+            "profile.title must be a string, found true",
+        ),
+        (
+            json!({"email": {"a": [1, "b"]}}),
+            r#"profile.email must be a string, found {"a":[1,"b"]}"#,
+        ),
+        (
+            json!({"login": "a@x.com", "managerId": [], "manager": false}),
+            "profile.managerId must be a string, found []",
+        ),
+        (
+            json!({"managerId": "00u0", "manager": false, "department": [null]}),
+            "profile.department must be a string, found [null]",
+        ),
+    ] {
+        let rejected =
+            convert(okta_user("00u1", "ACTIVE", profile.clone()), false).expect_err("a bad field");
+        assert_eq!(rejected.error, error, "{profile}");
+    }
 }
