@@ -195,11 +195,13 @@ impl State {
     /// # Errors
     /// [`StateError::Storage`] when a record cannot be read or decoded.
     pub fn snapshot(&self) -> Result<Snapshot, StateError> {
-        let mut snapshot = Snapshot::default();
+        // sled iterates in key order; collected, the map is built in bulk with full nodes
+        // (inserting one by one leaves them half empty: ~10 MB more for 100,000 users).
+        let mut users = Vec::with_capacity(self.users.len());
         for item in self.users.iter() {
             let (key, value) = item.map_err(|error| self.storage(error))?;
             let head: Head = self.decode(&key, &value)?;
-            snapshot.users.insert(
+            users.push((
                 id_of(&key),
                 KnownUser {
                     scim_id: head.scim_id,
@@ -209,8 +211,12 @@ impl State {
                     pushed_digest: head.pushed_digest,
                     pushed: None,
                 },
-            );
+            ));
         }
+        let mut snapshot = Snapshot {
+            users: users.into_iter().collect(),
+            ..Snapshot::default()
+        };
         for item in self.failures.iter() {
             let (key, value) = item.map_err(|error| self.storage(error))?;
             let record: FailureRecord = self.decode(&key, &value)?;
