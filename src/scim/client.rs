@@ -20,6 +20,9 @@ use crate::net::retry::{self, Attempt, Backoff, Verdict};
 
 /// The SCIM media type.
 const SCIM_JSON: HeaderValue = HeaderValue::from_static("application/scim+json");
+/// At most this many read-back pages at a time, whatever `max_in_flight` allows the writes:
+/// each page in flight is held whole while it is parsed, and 8 keep a loopback server busy.
+const READ_BACK_PAGES_IN_FLIGHT: usize = 8;
 /// What the client accepts.
 const ACCEPT_JSON: HeaderValue =
     HeaderValue::from_static("application/scim+json, application/json");
@@ -301,18 +304,38 @@ impl ScimClient {
         let first = self.list_users(1, page_size).await?;
         let total = first.total_results;
         let step = first.users.len();
-        let mut users: Vec<TargetUser> = first.users.into_iter().map(compact).collect();
+        // Sized once from the first page's total (bounded: the number is the server's word).
+        let mut users: Vec<TargetUser> = Vec::with_capacity(total.min(2_000_000));
+        users.extend(first.users.into_iter().map(compact));
         if step > 0 && users.len() < total {
             let starts: Vec<usize> = (1 + step..=total).step_by(step).collect();
+            // Each page is compacted as soon as it is parsed, not when its turn comes in the
+            // ordered buffer, so at most `max_in_flight` pages are ever held whole.
             let mut pages = futures::stream::iter(starts)
-                .map(|start| self.list_users(start, step))
-                .buffered(max_in_flight.max(1));
+                .map(|start| async move {
+                    self.list_users(start, step).await.map(|page| {
+                        page.users
+                            .into_iter()
+                            .map(compact)
+                            .collect::<Vec<TargetUser>>()
+                    })
+                })
+                .buffered(max_in_flight.clamp(1, READ_BACK_PAGES_IN_FLIGHT));
             while let Some(page) = pages.next().await {
-                users.extend(page?.users.into_iter().map(compact));
+                users.extend(page?);
             }
         }
-        let mut seen = std::collections::HashSet::new();
-        users.retain(|user| seen.insert(user.id.clone()));
+        let mut seen = std::collections::HashSet::with_capacity(users.len());
+        let repeated: Vec<usize> = users
+            .iter()
+            .enumerate()
+            .filter(|(_, user)| !seen.insert(user.id.as_str()))
+            .map(|(position, _)| position)
+            .collect();
+        drop(seen);
+        for position in repeated.into_iter().rev() {
+            users.remove(position);
+        }
         if users.len() != total {
             return Err(ScimError::InvalidResponse {
                 context: "GET /Users (read-back)".into(),
@@ -347,15 +370,15 @@ impl ScimClient {
             context: context.to_owned(),
             message,
         };
-        let value: Value =
+        let mut value: Value =
             serde_json::from_slice(body).map_err(|error| invalid(error.to_string()))?;
         let total_results = value
             .get("totalResults")
             .and_then(Value::as_u64)
             .ok_or_else(|| invalid("the list response has no totalResults".into()))?;
-        let resources = match value.get("Resources") {
+        let resources = match value.get_mut("Resources").map(Value::take) {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items.clone(),
+            Some(Value::Array(items)) => items,
             Some(_) => return Err(invalid("Resources is not an array".into())),
         };
         let users = resources
