@@ -118,19 +118,7 @@ pub async fn execute(
                     break;
                 };
                 if cancel.is_cancelled() {
-                    let reason = stopped.get_or_insert_with(|| "shutting down".to_owned());
-                    let error = ActionError::NotSent(reason.clone());
-                    finish(
-                        &mut results,
-                        &mut stopped,
-                        state,
-                        settings,
-                        action,
-                        index,
-                        Err(error),
-                    );
-                    on_done();
-                    continue;
+                    stopped.get_or_insert_with(|| "shutting down".to_owned());
                 }
                 if let Some(reason) = &stopped {
                     let error = ActionError::NotSent(reason.clone());
