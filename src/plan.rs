@@ -605,6 +605,11 @@ impl<'a> TargetIndex<'a> {
         };
         for account in accounts {
             index.by_id.insert(account.id.as_str(), account);
+            // A compacted account belongs to an unchanged user: never a candidate for anyone
+            // else's adoption, so it needs no place in the adoption indexes.
+            if account.compacted.is_some() {
+                continue;
+            }
             if let Some(external_id) = &account.external_id {
                 index
                     .by_external_id
@@ -1001,15 +1006,15 @@ pub fn account_digest(account: &TargetUser, managed: &[String]) -> Digest {
 /// for an [`Decision::Unchanged`] user ([`TargetUser::compacted`]). Every other account is
 /// kept whole (adoption, drift and `PUT` need it).
 #[derive(Debug, Clone, Default)]
-pub struct Compactor {
+pub struct Compactor<'a> {
     /// SocialTalent id → the pushed digest of its unchanged owner.
-    owners: HashMap<String, Digest>,
-    managed: Vec<String>,
+    owners: HashMap<&'a str, Digest>,
+    managed: &'a [String],
 }
 
-impl Compactor {
+impl<'a> Compactor<'a> {
     /// The compactor for a run's mapping decisions and state.
-    pub fn new(mapped: &[MappedUser], state: &Snapshot, managed: &[String]) -> Compactor {
+    pub fn new(mapped: &[MappedUser], state: &'a Snapshot, managed: &'a [String]) -> Compactor<'a> {
         let owners = mapped
             .iter()
             .filter(|user| user.decision == Decision::Unchanged)
@@ -1020,13 +1025,10 @@ impl Compactor {
                 unchanged
                     .then_some(record.pushed_digest)
                     .flatten()
-                    .map(|digest| (record.scim_id.clone(), digest))
+                    .map(|digest| (record.scim_id.as_str(), digest))
             })
             .collect();
-        Compactor {
-            owners,
-            managed: managed.to_vec(),
-        }
+        Compactor { owners, managed }
     }
 
     /// The account, with its attributes dropped when the plan will not read them.
@@ -1034,10 +1036,10 @@ impl Compactor {
         if !account.active || account.compacted.is_some() {
             return account;
         }
-        let Some(pushed) = self.owners.get(&account.id) else {
+        let Some(pushed) = self.owners.get(account.id.as_str()) else {
             return account;
         };
-        let digest = account_digest(&account, &self.managed);
+        let digest = account_digest(&account, self.managed);
         if digest == *pushed {
             account.attributes = Attributes::new();
             account.extras = serde_json::Map::new();

@@ -1114,7 +1114,8 @@ fn the_read_back_keeps_whole_only_the_accounts_the_plan_reads() {
         .insert(IdpId("b".into()), unloaded(&b, Digest(2)));
     // a is unchanged; b was mapped again (its source changed).
     let mapped = vec![unchanged("a", Digest(1)), provisioned("b", b.clone())];
-    let compactor = Compactor::new(&mapped, &state, &managed());
+    let names = managed();
+    let compactor = Compactor::new(&mapped, &state, &names);
     let holds = |user_name: &str, id: &str, team: &str| {
         account(
             &format!("scim-{user_name}"),
