@@ -138,17 +138,19 @@ impl Attrs {
         )
     }
 
-    /// Attributes from the text of a JSON object that the caller has checked (for example a
-    /// record a parser just accepted and [compacted]), kept as they are.
+    /// Attributes from the text of a JSON object (for example a record a parser just
+    /// accepted, compacted), kept as it is once [`check_json`] accepts it.
     ///
-    /// [compacted]: crate::source::file
-    pub fn from_object_text(text: String) -> Attrs {
-        Attrs(text.into_boxed_str())
+    /// # Errors
+    /// What [`check_json`] finds.
+    pub fn from_object_text(text: String) -> Result<Attrs, String> {
+        check_json(&text)?;
+        Ok(Attrs(text.into_boxed_str()))
     }
 
     /// Attributes straight from the JSON text of an object, as a source received it: no map is
-    /// built and nothing is re-serialised, the text is kept as it is. `None` when the value is
-    /// not an object.
+    /// built and nothing is re-serialised, the text is kept as it is. `Ok(None)` when the value
+    /// is not an object.
     ///
     /// The text is not normalised: whitespace between tokens, escapes (`\u00e9` for `é`) and a
     /// repeated key stay as they were sent. Sources send compact JSON, so the text is compact in
@@ -156,18 +158,24 @@ impl Attrs {
     /// read (a repeated key's last value wins). Only [`Attrs::as_json`], and so
     /// [`SourceUser::digest`], can tell the difference: the same attributes sent differently
     /// have different digests, which costs a user's mapping, never its outcome.
-    pub fn from_json_object(object: Box<serde_json::value::RawValue>) -> Option<Attrs> {
-        // `RawValue` holds valid JSON with no whitespace around it, so its first byte says
-        // whether it is an object.
+    ///
+    /// # Errors
+    /// What [`check_json`] finds.
+    pub fn from_json_object(
+        object: Box<serde_json::value::RawValue>,
+    ) -> Result<Option<Attrs>, String> {
+        // `RawValue` holds JSON with no whitespace around it, so its first byte says whether
+        // it is an object.
         if !object.get().starts_with('{') {
-            return None;
+            return Ok(None);
         }
-        Some(Attrs(object.into()))
+        check_json(object.get())?;
+        Ok(Some(Attrs(object.into())))
     }
 
     /// The attributes as a map (parsed on each call).
     pub fn to_map(&self) -> serde_json::Map<String, Value> {
-        // The text was produced by `from_map` or is a JSON object's, so it always parses.
+        // Every constructor checks that the text parses as a map, so this never falls back.
         serde_json::from_str(&self.0).unwrap_or_default()
     }
 
@@ -179,6 +187,72 @@ impl Attrs {
     /// The compact JSON text.
     pub fn as_json(&self) -> &str {
         &self.0
+    }
+}
+
+/// Checks that `text` is a JSON object that parses into a map of values: syntax alone (what
+/// a parser skipping unread values checks) lets through a lone surrogate (`"\ud800"`, a
+/// truncated emoji) or a number beyond `f64` (`1e400`), and a record holding one would lose
+/// every attribute when read. Builds nothing but escaped strings.
+///
+/// # Errors
+/// The parser's message, with line and column.
+pub fn check_json(text: &str) -> Result<(), String> {
+    serde_json::from_str::<Checked>(text)
+        .map(|_| ())
+        .map_err(|error| error.to_string())
+}
+
+/// A JSON value read through every string and number (see [`check_json`]).
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Checked, D::Error> {
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
     }
 }
 

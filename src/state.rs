@@ -293,9 +293,8 @@ impl State {
         }
     }
 
-    /// Converts version-1 records (attributes inline) to version 2. Each user's attributes
-    /// are written before its record shrinks, so an interrupted conversion is simply done
-    /// again on the next open.
+    /// Converts version-1 records (attributes inline) to version 2, each user in one
+    /// transaction, so an interrupted conversion is simply done again on the next open.
     fn split_records(&self) -> Result<(), StateError> {
         for item in self.users.iter() {
             let (key, value) = item.map_err(|e| self.storage(e))?;
@@ -323,15 +322,14 @@ impl State {
 
     /// Writes a user record, with the digest of its attributes.
     ///
-    /// The attributes go first: should the process die between the two writes, the old
-    /// record (and its digests) still stands, and the next run compares and repairs.
+    /// The attributes and the record are written in one transaction: a record's digests must
+    /// always describe the attributes beside it (a digest that matched stale attributes would
+    /// let a later run skip a user whose account holds something else).
     fn write_user(&self, idp_id: &IdpId, record: &mut UserRecord) -> Result<(), StateError> {
+        use sled::Transactional;
         record.pushed_digest = Some(attributes_digest(&record.pushed));
         let key = idp_id.0.as_bytes();
         let pushed = serde_json::to_vec(&record.pushed).map_err(|e| self.storage(e))?;
-        self.pushed
-            .insert(key, pushed)
-            .map_err(|e| self.storage(e))?;
         let head = Head {
             scim_id: record.scim_id.clone(),
             user_name: record.user_name.clone(),
@@ -341,7 +339,13 @@ impl State {
             pushed_digest: record.pushed_digest,
         };
         let value = serde_json::to_vec(&head).map_err(|e| self.storage(e))?;
-        self.users.insert(key, value).map_err(|e| self.storage(e))?;
+        (&self.pushed, &self.users)
+            .transaction(|(pushed_tree, users_tree)| {
+                pushed_tree.insert(key, pushed.as_slice())?;
+                users_tree.insert(key, value.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error| self.storage(format!("{error:?}")))?;
         Ok(())
     }
 

@@ -379,10 +379,12 @@ fn user_from_json(text: &str) -> Result<SourceUser, (Option<IdpId>, String)> {
     }
     let known: Known =
         serde_json::from_str(text).map_err(|error| (None, format!("not valid JSON: {error}")))?;
-    user_from_fields(
-        |key| known.get(key),
-        || Attrs::from_object_text(compact(text)),
-    )
+    // The attributes are checked before the record is accepted: a value JSON's syntax allows
+    // but a map cannot hold (a lone surrogate, a number beyond f64) rejects the record, as
+    // parsing it whole would.
+    let attrs = Attrs::from_object_text(compact(text))
+        .map_err(|error| (known.id(), format!("not valid JSON: {error}")))?;
+    user_from_fields(|key| known.get(key), || attrs)
 }
 
 /// The record fields [`SourceUser`] has slots for.
@@ -408,6 +410,15 @@ const KNOWN: [&str; 13] = [
 struct Known([Option<Value>; KNOWN.len()]);
 
 impl Known {
+    /// The record's id, when it reads as one (for messages about a rejected record).
+    fn id(&self) -> Option<IdpId> {
+        match self.get("id")? {
+            Value::String(text) if !text.trim().is_empty() => Some(IdpId(text.trim().to_owned())),
+            Value::Number(number) => Some(IdpId(number.to_string())),
+            _ => None,
+        }
+    }
+
     fn get(&self, key: &str) -> Option<&Value> {
         let slot = KNOWN.iter().position(|known| *known == key)?;
         self.0[slot].as_ref()

@@ -119,3 +119,35 @@ fn a_truncated_file_fails_the_whole_read() {
     );
     assert!(error.to_string().contains("d.json"), "{error}");
 }
+
+#[test]
+fn a_value_no_map_can_hold_rejects_its_record_alone_with_its_id() {
+    // A lone surrogate (a truncated emoji) and a number beyond f64 are valid JSON syntax but
+    // cannot be read into a map: the record must be rejected (protecting its user), never
+    // accepted with its attributes silently empty.
+    for (name, text) in [
+        (
+            "d.jsonl",
+            "{\"id\": \"a\", \"email\": \"a@x.com\"}\n{\"id\": \"b\", \"note\": \"\\ud800\"}\n{\"id\": \"c\", \"n\": 1e400}\n",
+        ),
+        (
+            "d.json",
+            "[{\"id\": \"a\", \"email\": \"a@x.com\"}, {\"id\": \"b\", \"note\": \"x\\udc00\"}, {\"id\": \"c\", \"n\": -1e999}]",
+        ),
+    ] {
+        let read = read_text(name, text);
+        let ids: Vec<_> = read.users.iter().map(|u| u.id.0.as_str()).collect();
+        assert_eq!(ids, vec!["a"], "{name}");
+        let rejected: Vec<_> = read
+            .rejected
+            .iter()
+            .map(|r| r.idp_id.as_ref().map(|id| id.0.as_str()))
+            .collect();
+        assert_eq!(rejected, vec![Some("b"), Some("c")], "{name}");
+        assert!(
+            read.rejected[0].error.starts_with("not valid JSON"),
+            "{}",
+            read.rejected[0].error
+        );
+    }
+}

@@ -808,8 +808,16 @@ fn convert_raw(raw: RawUser, suspended_is_active: bool) -> Result<OktaUser, Reje
     let Some(status) = status else {
         return Err(reject("the user object has no `status`".into()));
     };
-    let Some(attrs) = profile.and_then(Attrs::from_json_object) else {
-        return Err(reject("the user object has no `profile` object".into()));
+    let attrs = match profile.map(Attrs::from_json_object) {
+        Some(Ok(Some(attrs))) => attrs,
+        Some(Err(error)) => {
+            return Err(reject(format!(
+                "the `profile` object cannot be read: {error}"
+            )));
+        }
+        Some(Ok(None)) | None => {
+            return Err(reject("the user object has no `profile` object".into()));
+        }
     };
     // The profile is valid JSON and an object, and any values are accepted: this cannot fail.
     let fields: ProfileFields = serde_json::from_str(attrs.as_json())

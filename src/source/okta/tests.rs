@@ -297,3 +297,25 @@ fn a_profile_field_of_the_wrong_type_is_named_with_its_value() {
         assert_eq!(rejected.error, error, "{profile}");
     }
 }
+
+#[test]
+fn a_profile_no_map_can_hold_is_rejected_not_emptied() {
+    // Syntax allows a lone surrogate and a number beyond f64; a map cannot hold them. The user
+    // must be rejected (and so protected), not provisioned with no attributes.
+    for profile in [
+        r#"{"login":"a@x.com","note":"\ud800"}"#,
+        r#"{"login":"a@x.com","n":1e400}"#,
+    ] {
+        let page = format!(r#"[{{"id":"00u1","status":"ACTIVE","profile":{profile}}}]"#);
+        let mut typed: Vec<RawUser> = serde_json::from_str(&page).expect("the page parses");
+        let rejected = convert_raw(typed.pop().expect("one"), false).expect_err("rejected");
+        assert_eq!(rejected.idp_id, Some(IdpId("00u1".into())));
+        assert!(
+            rejected
+                .error
+                .starts_with("the `profile` object cannot be read"),
+            "{}",
+            rejected.error
+        );
+    }
+}
