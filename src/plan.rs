@@ -989,7 +989,7 @@ fn unchanged_at_target(
 
 /// The fingerprint of the managed part of an account, comparable with a record's
 /// `pushed_digest`.
-pub fn account_digest(account: &TargetUser, managed: &[String]) -> Digest {
+fn account_digest(account: &TargetUser, managed: &[String]) -> Digest {
     if let Some(digest) = account.compacted {
         return digest;
     }
