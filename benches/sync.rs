@@ -1337,11 +1337,11 @@ fn bench_planner(settings: &Settings, work: &Path, report: &mut Report) {
                         .as_str()
                         .unwrap_or_default()
                         .to_owned(),
-                    pushed: attributes.clone(),
+                    pushed: (**attributes).clone(),
                     status: AccountStatus::Active,
                     updated_at: "2025-06-01T03:00:00Z".into(),
                     digest: Some(user.digest),
-                    pushed_digest: Some(attributes_digest(attributes)),
+                    pushed_digest: Some(attributes_digest(attributes.iter())),
                 }),
             );
         }

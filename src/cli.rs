@@ -645,12 +645,6 @@ async fn preview(
         }],
         ..crate::plan::Plan::default()
     };
-    let known = planned
-        .snapshot
-        .users
-        .iter()
-        .map(|(idp_id, record)| (record.scim_id.clone(), idp_id.clone()))
-        .collect();
     let settings = crate::executor::WriteSettings {
         update_with: config.target.update_with,
         deactivate_with: config.target.deactivate_with,
@@ -662,7 +656,7 @@ async fn preview(
         &state,
         settings,
         &single,
-        &known,
+        &planned.snapshot,
         &tokio_util::sync::CancellationToken::new(),
         &|| {},
     )

@@ -3,14 +3,18 @@
 //! confirmed write in the state at once, and goes on past per-user failures.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use futures::FutureExt;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DeactivateWith, UpdateWith};
-use crate::model::{AccountStatus, Attributes, IdpId, UserRecord, attr};
+use crate::model::{AccountStatus, Attributes, IdpId, Snapshot, attr};
 use crate::plan::{Action, Op, Plan, diff};
 use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::wire;
@@ -59,27 +63,27 @@ pub struct Execution {
 
 /// Carries out the plan; returns one result per action, in the plan's order.
 ///
-/// `known_scim_ids` maps SocialTalent ids the state already gives to an IdP user, so that a
-/// 409 never adopts another person's account. `on_done` is called after each action (progress).
+/// `snapshot` is the state as the plan was made from it: a 409 never adopts an account it
+/// gives to another IdP user, and the records whose attributes the plan replaces lose their
+/// digest before anything is sent (see [`State::record_active`]). `on_done` is called once per finished action
+/// (progress), in batches: the driving task counts them every [`PROGRESS_EVERY`].
 ///
-/// Each action runs as its own tokio task, at most `max_in_flight` at a time, so that building
-/// documents, reading answers and recording successes spread over the runtime's threads instead
-/// of queueing on the one task that drives the run (which made creates CPU-bound at a third of
-/// what the HTTP stack can do). The tasks own what they use: the client, the state and the known
-/// ids are shared, and each action is cloned into its task. Within a wave, actions start in the
-/// plan's order; a wave starts when the previous one has finished. If this future is dropped,
-/// the tasks still running are aborted (at an `.await`, so never between a confirmed write and
-/// its record).
+/// Each wave (managers before their reports) is carried out by at most `max_in_flight`
+/// worker tasks on the runtime's threads. A worker takes the wave's next action, sends it,
+/// records what SocialTalent confirmed in the state, notes the result in a shared table and
+/// takes the next: no task is spawned per action and nothing goes back to the driving task
+/// per action. Within a wave, actions start in the plan's order; a wave starts when the
+/// previous one has finished. If this future is dropped, the workers are aborted (at an
+/// `.await`, so never between a confirmed write and its record).
 pub async fn execute(
     client: &ScimClient,
     state: &State,
     settings: WriteSettings,
     plan: &Plan,
-    known_scim_ids: &HashMap<String, IdpId>,
+    snapshot: &Snapshot,
     cancel: &CancellationToken,
     on_done: &(dyn Fn() + Sync),
 ) -> Execution {
-    let mut results = vec![ActionResult::NotSent; plan.actions.len()];
     let mut waves: Vec<u32> = plan
         .actions
         .iter()
@@ -90,120 +94,204 @@ pub async fn execute(
     waves.dedup();
     if waves.is_empty() {
         return Execution {
-            results,
+            results: vec![ActionResult::NotSent; plan.actions.len()],
             stopped: None,
         };
     }
+    if let Err(error) = forget_replaced_digests(state, plan, snapshot) {
+        let reason = ActionError::from(error).to_string();
+        tracing::error!(message = "Stopping the run: the state cannot be written.", error = %reason);
+        let not_sent = ActionError::NotSent(reason.clone()).to_string();
+        let results = plan
+            .actions
+            .iter()
+            .map(|action| match action.op.writes_target() {
+                true => ActionResult::Failed {
+                    error: not_sent.clone(),
+                },
+                false => ActionResult::NotSent,
+            })
+            .collect();
+        return Execution {
+            results,
+            stopped: Some(reason),
+        };
+    }
+    let known = snapshot
+        .users
+        .iter()
+        .map(|(idp_id, record)| (record.scim_id.clone(), idp_id.clone()))
+        .collect();
     let shared = Arc::new(Shared {
         client: client.clone(),
         state: state.clone(),
         settings,
-        known: known_scim_ids.clone(),
+        known,
+        cancel: cancel.clone(),
+        stopped: Mutex::new(None),
+        results: Mutex::new(vec![ActionResult::NotSent; plan.actions.len()]),
+        done: AtomicUsize::new(0),
     });
-    let max_in_flight = settings.max_in_flight.max(1);
-    // A failure that is not about one user (bad credentials, target down) stops the run: the
-    // remaining actions are not sent, and nobody's failure count goes up for it.
-    let mut stopped: Option<String> = None;
+    let mut reported = 0;
+    let mut report_progress = |shared: &Shared| {
+        let done = shared.done.load(Ordering::Relaxed);
+        for _ in reported..done {
+            on_done();
+        }
+        reported = reported.max(done);
+    };
     for wave in waves {
-        let mut work = plan
+        // Reversed, so that popping takes the actions in the plan's order.
+        let mut jobs: Vec<(usize, Action)> = plan
             .actions
             .iter()
             .enumerate()
-            .filter(|(_, action)| action.op.writes_target() && action.wave == wave);
+            .filter(|(_, action)| action.op.writes_target() && action.wave == wave)
+            .map(|(index, action)| (index, action.clone()))
+            .collect();
+        jobs.reverse();
+        let workers = settings.max_in_flight.clamp(1, jobs.len().max(1));
+        let queue = Arc::new(Mutex::new(jobs));
         let mut tasks = JoinSet::new();
-        let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
+        for _ in 0..workers {
+            tasks.spawn(work(Arc::clone(&shared), Arc::clone(&queue)));
+        }
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            while tasks.len() < max_in_flight {
-                let Some((index, action)) = work.next() else {
-                    break;
-                };
-                if cancel.is_cancelled() {
-                    stopped.get_or_insert_with(|| "shutting down".to_owned());
-                }
-                if let Some(reason) = &stopped {
-                    let error = ActionError::NotSent(reason.clone());
-                    finish(
-                        &mut results,
-                        &mut stopped,
-                        state,
-                        settings,
-                        action,
-                        index,
-                        Err(error),
-                    );
-                    on_done();
-                    continue;
-                }
-                let handle = tasks.spawn(carry_out(Arc::clone(&shared), action.clone()));
-                running.insert(handle.id(), index);
-            }
-            let Some(joined) = tasks.join_next_with_id().await else {
-                break;
-            };
-            let (id, result) = match joined {
-                Ok((id, result)) => (id, result),
-                Err(join_error) => (
-                    join_error.id(),
-                    Err(ActionError::Refused(format!(
-                        "internal: the action's task failed: {join_error}"
-                    ))),
-                ),
-            };
-            if let Some(index) = running.remove(&id) {
-                let action = &plan.actions[index];
-                finish(
-                    &mut results,
-                    &mut stopped,
-                    state,
-                    settings,
-                    action,
-                    index,
-                    result,
-                );
-                on_done();
+            tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    Some(Ok(())) => {}
+                    // A worker catches a panicking action; this is a bug in the worker itself.
+                    // Its remaining actions are taken by the others.
+                    Some(Err(join_error)) => tracing::error!(
+                        message = "internal: an executor worker failed.",
+                        error = %join_error
+                    ),
+                    None => break,
+                },
+                _ = progress.tick() => report_progress(&shared),
             }
         }
+        // A worker that failed may have left actions behind: not sent.
+        let left: Vec<(usize, Action)> = std::mem::take(&mut *lock(&queue));
+        for (index, action) in left {
+            let error = ActionError::Refused("internal: the executor stopped before it".into());
+            shared.finish(index, &action, Err(error));
+        }
+        report_progress(&shared);
     }
+    let results = std::mem::take(&mut *lock(&shared.results));
+    let stopped = lock(&shared.stopped).clone();
     Execution { results, stopped }
 }
 
-/// What every action's task shares.
+/// Drops the digest of every record whose attributes an action of the plan replaces, before
+/// anything is sent (see [`State::record_active`]). A first sync has none to drop.
+fn forget_replaced_digests(
+    state: &State,
+    plan: &Plan,
+    snapshot: &Snapshot,
+) -> Result<(), StateError> {
+    for action in &plan.actions {
+        let replaces = matches!(
+            action.op,
+            Op::Create | Op::Adopt | Op::Update | Op::Reactivate
+        );
+        let has_digest = snapshot
+            .users
+            .get(&action.idp_id)
+            .is_some_and(|record| record.digest.is_some());
+        if replaces && has_digest {
+            state.forget_digest(&action.idp_id)?;
+        }
+    }
+    Ok(())
+}
+
+/// How often the driving task reports finished actions to `on_done`.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// What every worker shares.
 struct Shared {
     client: ScimClient,
     state: State,
     settings: WriteSettings,
     known: HashMap<String, IdpId>,
+    cancel: CancellationToken,
+    /// Why the run stopped early (a failure that is not about one user), once it has.
+    stopped: Mutex<Option<String>>,
+    /// One result per action of the plan.
+    results: Mutex<Vec<ActionResult>>,
+    /// Actions finished so far (progress).
+    done: AtomicUsize,
 }
 
-/// Records the outcome of the action at `index`: a systemic failure stops the run, a per-user
-/// one counts towards the user's quarantine.
-fn finish(
-    results: &mut [ActionResult],
-    stopped: &mut Option<String>,
-    state: &State,
-    settings: WriteSettings,
-    action: &Action,
-    index: usize,
-    result: Result<Done, ActionError>,
-) {
-    results[index] = match result {
-        Ok((note, scim_id)) => ActionResult::Ok { note, scim_id },
-        Err(error) => {
-            let message = error.to_string();
-            if error.is_systemic() {
-                if stopped.is_none() {
-                    tracing::error!(
-                        message = "Stopping the run: SocialTalent cannot be used.",
-                        error = %message
-                    );
-                    *stopped = Some(message.clone());
-                }
-            } else if !matches!(error, ActionError::NotSent(_)) {
-                note_failure(state, settings, action, &message);
-            }
-            ActionResult::Failed { error: message }
+/// Locks a mutex of the executor's; a worker that panicked holding it left nothing half-done
+/// (each guarded value is replaced whole), so a poisoned lock is used as it is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A worker: takes the wave's next action until none is left.
+async fn work(shared: Arc<Shared>, queue: Arc<Mutex<Vec<(usize, Action)>>>) {
+    loop {
+        let Some((index, action)) = lock(&queue).pop() else {
+            return;
+        };
+        // A failure that is not about one user (bad credentials, target down) stops the run:
+        // the remaining actions are not sent, and nobody's failure count goes up for it.
+        if shared.cancel.is_cancelled() {
+            lock(&shared.stopped).get_or_insert_with(|| "shutting down".to_owned());
         }
-    };
+        let stopped = lock(&shared.stopped).clone();
+        let result = match stopped {
+            Some(reason) => Err(ActionError::NotSent(reason)),
+            None => AssertUnwindSafe(carry_out(
+                &shared,
+                &action,
+                &Recording {
+                    state: &shared.state,
+                },
+            ))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(ActionError::Refused(
+                    "internal: carrying out the action panicked".into(),
+                ))
+            }),
+        };
+        shared.finish(index, &action, result);
+    }
+}
+
+impl Shared {
+    /// Records the outcome of the action at `index`: a systemic failure stops the run, a
+    /// per-user one counts towards the user's quarantine.
+    fn finish(&self, index: usize, action: &Action, result: Result<Done, ActionError>) {
+        let result = match result {
+            Ok((note, scim_id)) => ActionResult::Ok { note, scim_id },
+            Err(error) => {
+                let message = error.to_string();
+                if error.is_systemic() {
+                    let mut stopped = lock(&self.stopped);
+                    if stopped.is_none() {
+                        tracing::error!(
+                            message = "Stopping the run: SocialTalent cannot be used.",
+                            error = %message
+                        );
+                        *stopped = Some(message.clone());
+                    }
+                } else if !matches!(error, ActionError::NotSent(_)) {
+                    note_failure(&self.state, self.settings, action, &message);
+                }
+                ActionResult::Failed { error: message }
+            }
+        };
+        lock(&self.results)[index] = result;
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What went wrong with one action.
@@ -235,30 +323,73 @@ impl ActionError {
 
 type Done = (Option<String>, Option<String>);
 
-/// One action, in its own task; the action's attributes move into the state's record.
-async fn carry_out(shared: Arc<Shared>, mut action: Action) -> Result<Done, ActionError> {
+/// Records what SocialTalent confirmed, in the state, at once.
+struct Recording<'a> {
+    state: &'a State,
+}
+
+impl Recording<'_> {
+    /// SocialTalent confirmed `attributes` for the active account `scim_id` (a create,
+    /// adoption, update or reactivation).
+    fn active(
+        &self,
+        action: &Action,
+        scim_id: &str,
+        attributes: &Attributes,
+    ) -> Result<(), ActionError> {
+        let user_name = attributes
+            .get(attr::USER_NAME)
+            .and_then(Value::as_str)
+            .unwrap_or(&action.user_name);
+        self.state.record_active(
+            &action.idp_id,
+            scim_id,
+            user_name,
+            attributes,
+            action.digest,
+        )?;
+        Ok(())
+    }
+
+    /// The account was deactivated (or was already gone).
+    fn deactivated(&self, action: &Action) -> Result<(), ActionError> {
+        // Orphans (accounts no IdP user has) have no record to update.
+        if let Some(mut record) = self.state.user(&action.idp_id)? {
+            record.status = AccountStatus::Deactivated;
+            record.updated_at = now_rfc3339();
+            self.state.record_success(&action.idp_id, &record)?;
+        }
+        Ok(())
+    }
+}
+
+/// One action: send it, and record what SocialTalent confirmed.
+async fn carry_out(
+    shared: &Shared,
+    action: &Action,
+    recording: &Recording<'_>,
+) -> Result<Done, ActionError> {
     let Shared {
         client,
-        state,
         settings,
         known,
-    } = &*shared;
+        ..
+    } = shared;
     let settings = *settings;
-    let action = &mut action;
     let extension = client.extension_schema();
     match action.op {
         Op::Create => {
             let attributes = desired(action)?;
-            create_or_adopt(client, state, settings, action, attributes, known).await
+            create_or_adopt(client, recording, settings, action, attributes, known).await
         }
         Op::Adopt => {
             // An account found by the read-back: take it over, then update it if it differs.
             let attributes = desired(action)?;
             let scim_id = scim_id(action)?;
             if !action.changes.is_empty() {
-                send_update(client, settings, action, scim_id, &attributes).await?;
+                send_update(client, settings, action, scim_id, attributes).await?;
             }
-            record_active(state, action, scim_id, attributes)?;
+            recording.active(action, scim_id, attributes)?;
             Ok((
                 Some("adopted an existing account".into()),
                 Some(scim_id.to_owned()),
@@ -267,9 +398,9 @@ async fn carry_out(shared: Arc<Shared>, mut action: Action) -> Result<Done, Acti
         Op::Update | Op::Reactivate => {
             let attributes = desired(action)?;
             let scim_id = scim_id(action)?;
-            match send_update(client, settings, action, scim_id, &attributes).await {
+            match send_update(client, settings, action, scim_id, attributes).await {
                 Ok(()) => {
-                    record_active(state, action, scim_id, attributes)?;
+                    recording.active(action, scim_id, attributes)?;
                     Ok((None, Some(scim_id.to_owned())))
                 }
                 Err(ScimError::NotFound { .. }) => {
@@ -277,7 +408,8 @@ async fn carry_out(shared: Arc<Shared>, mut action: Action) -> Result<Done, Acti
                     // earlier re-creation may have left one that the state does not know, so a
                     // 409 adopts it like any create.
                     let (note, scim_id) =
-                        create_or_adopt(client, state, settings, action, attributes, known).await?;
+                        create_or_adopt(client, recording, settings, action, attributes, known)
+                            .await?;
                     Ok((
                         Some(note.unwrap_or_else(|| {
                             "the account had vanished in SocialTalent; created again".into()
@@ -305,12 +437,7 @@ async fn carry_out(shared: Arc<Shared>, mut action: Action) -> Result<Done, Acti
                 }
                 Err(error) => return Err(error.into()),
             };
-            // Orphans (accounts no IdP user has) have no record to update.
-            if let Some(mut record) = state.user(&action.idp_id)? {
-                record.status = AccountStatus::Deactivated;
-                record.updated_at = now_rfc3339();
-                state.record_success(&action.idp_id, &record)?;
-            }
+            recording.deactivated(action)?;
             Ok((note, Some(scim_id.to_owned())))
         }
         Op::Held | Op::Skip | Op::Writeback => Ok((None, None)),
@@ -355,17 +482,17 @@ async fn send_update(
 
 async fn create_or_adopt(
     client: &ScimClient,
-    state: &State,
+    recording: &Recording<'_>,
     settings: WriteSettings,
     action: &Action,
-    attributes: Attributes,
+    attributes: &Attributes,
     known: &HashMap<String, IdpId>,
 ) -> Result<Done, ActionError> {
     let extension = client.extension_schema();
-    let document = wire::UserDocument::new(&attributes, extension, true);
+    let document = wire::UserDocument::new(attributes, extension, true);
     match client.create(&document).await {
         Ok(created_id) => {
-            record_active(state, action, &created_id, attributes)?;
+            recording.active(action, &created_id, attributes)?;
             Ok((None, Some(created_id)))
         }
         Err(ScimError::Conflict { detail }) => {
@@ -391,7 +518,7 @@ async fn create_or_adopt(
             match settings.update_with {
                 UpdateWith::Put => client.replace(&existing.id, &document).await?,
                 UpdateWith::Patch => {
-                    let changes = diff(&existing.attributes, &attributes);
+                    let changes = diff(&existing.attributes, attributes);
                     let changes: Vec<_> = changes
                         .into_iter()
                         .filter(|change| !change.to.is_null())
@@ -400,7 +527,7 @@ async fn create_or_adopt(
                     client.patch(&existing.id, &body).await?;
                 }
             }
-            record_active(state, action, &existing.id, attributes)?;
+            recording.active(action, &existing.id, attributes)?;
             Ok((
                 Some("an account with this userName existed; adopted and updated".into()),
                 Some(existing.id),
@@ -408,31 +535,6 @@ async fn create_or_adopt(
         }
         Err(error) => Err(error.into()),
     }
-}
-
-fn record_active(
-    state: &State,
-    action: &Action,
-    scim_id: &str,
-    attributes: Attributes,
-) -> Result<(), StateError> {
-    let user_name = attributes
-        .get(attr::USER_NAME)
-        .and_then(Value::as_str)
-        .unwrap_or(&action.user_name)
-        .to_owned();
-    state.record_success(
-        &action.idp_id,
-        &UserRecord {
-            scim_id: scim_id.to_owned(),
-            user_name,
-            pushed: attributes,
-            status: AccountStatus::Active,
-            updated_at: now_rfc3339(),
-            digest: action.digest,
-            pushed_digest: None,
-        },
-    )
 }
 
 fn note_failure(state: &State, settings: WriteSettings, action: &Action, error: &str) {
@@ -459,11 +561,11 @@ fn note_failure(state: &State, settings: WriteSettings, action: &Action, error: 
     }
 }
 
-/// Takes the action's desired attributes (the action is the task's own copy).
-fn desired(action: &mut Action) -> Result<Attributes, ActionError> {
+/// The action's desired attributes.
+fn desired(action: &Action) -> Result<&Attributes, ActionError> {
     action
         .attributes
-        .take()
+        .as_deref()
         .ok_or_else(|| ActionError::Refused("internal: the action carries no attributes".into()))
 }
 

@@ -177,7 +177,7 @@ pub struct MappingError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Active and in scope: provision with these attributes.
-    Provision(Attributes),
+    Provision(Arc<Attributes>),
     /// Not active in the IdP.
     Inactive,
     /// Active but outside `[scope] when`.
@@ -498,7 +498,7 @@ impl Mapper {
             let context = user_context(user);
             match self.in_scope(&context) {
                 Ok(true) => match self.attributes_of(user, &context) {
-                    Ok(attributes) => Decision::Provision(attributes),
+                    Ok(attributes) => Decision::Provision(Arc::new(attributes)),
                     Err(error) => Decision::Failed(Box::new(error)),
                 },
                 Ok(false) => Decision::OutOfScope,

@@ -316,29 +316,44 @@ impl<'de> Deserialize<'de> for Digest {
 pub fn attributes_digest<'a>(
     attributes: impl IntoIterator<Item = (&'a String, &'a Value)>,
 ) -> Digest {
+    // Per attribute: its name, then a tagged value: `s` and the lowercased userName, `a` and
+    // the list's items as compact JSON in byte order, or `v` and the value as compact JSON.
+    // Written without a string per value: this runs once per user written to the state.
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let mut buffer = Vec::new();
+    let mut buffer = Vec::with_capacity(256);
+    let mut items_text = Vec::new();
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    // Serialising a `Value` into a `Vec` cannot fail (every key is a string).
+    let compact = |out: &mut Vec<u8>, value: &Value| {
+        let _ = serde_json::to_writer(out, value);
+    };
     for (name, value) in attributes {
         hasher.update(&(name.len() as u64).to_le_bytes());
         hasher.update(name.as_bytes());
         buffer.clear();
         match value {
             Value::String(text) if name == attr::USER_NAME => {
-                buffer.extend_from_slice(b"s");
+                buffer.push(b's');
                 buffer.extend_from_slice(text.to_lowercase().as_bytes());
             }
             Value::Array(items) => {
-                let mut items: Vec<String> = items.iter().map(Value::to_string).collect();
-                items.sort_unstable();
-                buffer.extend_from_slice(b"a");
+                items_text.clear();
+                ranges.clear();
                 for item in items {
-                    buffer.extend_from_slice(&(item.len() as u64).to_le_bytes());
-                    buffer.extend_from_slice(item.as_bytes());
+                    let start = items_text.len();
+                    compact(&mut items_text, item);
+                    ranges.push(start..items_text.len());
+                }
+                ranges.sort_unstable_by(|a, b| items_text[a.clone()].cmp(&items_text[b.clone()]));
+                buffer.push(b'a');
+                for range in &ranges {
+                    buffer.extend_from_slice(&(range.len() as u64).to_le_bytes());
+                    buffer.extend_from_slice(&items_text[range.clone()]);
                 }
             }
             other => {
-                buffer.extend_from_slice(b"v");
-                buffer.extend_from_slice(other.to_string().as_bytes());
+                buffer.push(b'v');
+                compact(&mut buffer, other);
             }
         }
         hasher.update(&(buffer.len() as u64).to_le_bytes());
@@ -568,7 +583,7 @@ pub struct KnownUser {
     /// The attributes last confirmed by SocialTalent, when loaded
     /// ([`crate::state::State::load_pushed`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pushed: Option<Attributes>,
+    pub pushed: Option<std::sync::Arc<Attributes>>,
 }
 
 impl From<UserRecord> for KnownUser {
@@ -579,7 +594,7 @@ impl From<UserRecord> for KnownUser {
             status: record.status,
             digest: record.digest,
             pushed_digest: record.pushed_digest,
-            pushed: Some(record.pushed),
+            pushed: Some(std::sync::Arc::new(record.pushed)),
         }
     }
 }
@@ -647,5 +662,71 @@ mod tests {
             &json!(["A"]),
             &json!(["A", "B"])
         ));
+    }
+
+    /// The digest as states already hold it (written by earlier versions, which built a
+    /// string per value): the stored digests must keep matching.
+    fn digest_as_first_written(attributes: &Attributes) -> Digest {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for (name, value) in attributes {
+            hasher.update(&(name.len() as u64).to_le_bytes());
+            hasher.update(name.as_bytes());
+            let mut buffer = Vec::new();
+            match value {
+                Value::String(text) if name == attr::USER_NAME => {
+                    buffer.extend_from_slice(b"s");
+                    buffer.extend_from_slice(text.to_lowercase().as_bytes());
+                }
+                Value::Array(items) => {
+                    let mut items: Vec<String> = items.iter().map(Value::to_string).collect();
+                    items.sort_unstable();
+                    buffer.extend_from_slice(b"a");
+                    for item in items {
+                        buffer.extend_from_slice(&(item.len() as u64).to_le_bytes());
+                        buffer.extend_from_slice(item.as_bytes());
+                    }
+                }
+                other => {
+                    buffer.extend_from_slice(b"v");
+                    buffer.extend_from_slice(other.to_string().as_bytes());
+                }
+            }
+            hasher.update(&(buffer.len() as u64).to_le_bytes());
+            hasher.update(&buffer);
+        }
+        Digest(hasher.digest128())
+    }
+
+    #[test]
+    fn attribute_digests_match_the_ones_states_hold() {
+        let attributes: Attributes = serde_json::from_value(json!({
+            "userName": "Ana.Li@Example.com",
+            "name.givenName": "Ana \"Née\" Lí",
+            "learningPaths": ["Sales 101", "Onboarding", {"nested": [2, 1]}, "Ética"],
+            "teamsToManage": [],
+            "udf_costCenter": 4711,
+            "active": true,
+            "reportsTo": null,
+            "title": "Recruiter\n(EMEA) 🚀",
+        }))
+        .unwrap();
+        assert_eq!(
+            attributes_digest(&attributes),
+            digest_as_first_written(&attributes)
+        );
+        let mut other = attributes.clone();
+        other.insert("learningPaths".into(), json!(["Onboarding", "Sales 101"]));
+        assert_ne!(attributes_digest(&other), attributes_digest(&attributes));
+        // Lists in any order, userName in any case: the same digest.
+        let mut reordered = attributes.clone();
+        reordered.insert(
+            "learningPaths".into(),
+            json!(["Ética", {"nested": [2, 1]}, "Onboarding", "Sales 101"]),
+        );
+        reordered.insert("userName".into(), json!("ana.li@example.com"));
+        assert_eq!(
+            attributes_digest(&reordered),
+            attributes_digest(&attributes)
+        );
     }
 }

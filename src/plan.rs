@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -74,7 +75,7 @@ pub struct Action {
     pub scim_id: Option<String>,
     /// The full desired attributes (creates, updates, reactivations).
     #[serde(skip)]
-    pub attributes: Option<Attributes>,
+    pub attributes: Option<Arc<Attributes>>,
     /// Field-level changes (updates, reactivations).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<Change>,
@@ -640,11 +641,11 @@ fn against_state(
     user_name: &str,
     record: &KnownUser,
     pushed: &Attributes,
-    attributes: &Attributes,
+    attributes: &Arc<Attributes>,
 ) -> Option<Action> {
     // Equal maps need no field-by-field diff (values are kept normalised, so equal means
     // unchanged).
-    if record.status == AccountStatus::Active && pushed == attributes {
+    if record.status == AccountStatus::Active && pushed == &**attributes {
         return None;
     }
     let changes = diff(pushed, attributes);
@@ -703,7 +704,7 @@ fn against_account(
     record: &KnownUser,
     pushed: &Attributes,
     account: &TargetUser,
-    attributes: &Attributes,
+    attributes: &Arc<Attributes>,
     context: &mut Context<'_>,
     drift: &mut Vec<Drift>,
 ) -> Option<Action> {
@@ -867,7 +868,7 @@ fn find_account<'a>(
 fn adopt_or_create(
     user: &MappedUser,
     user_name: &str,
-    attributes: &Attributes,
+    attributes: &Arc<Attributes>,
     index: Option<&TargetIndex<'_>>,
     context: &mut Context<'_>,
     reason: Option<&str>,
@@ -953,7 +954,7 @@ const NOT_LOADED: &str =
 fn desired<'a>(
     user: &'a MappedUser,
     record: Option<&'a KnownUser>,
-) -> Result<&'a Attributes, String> {
+) -> Result<&'a Arc<Attributes>, String> {
     match (&user.decision, record) {
         (Decision::Provision(attributes), _) => Ok(attributes),
         (Decision::Unchanged, Some(record)) => {

@@ -224,7 +224,7 @@ fn write_action(out: &mut String, action: &Action, result: Option<&ActionResult>
     out.push('\n');
     match action.op {
         Op::Create => {
-            for (attribute, value) in action.attributes.iter().flatten() {
+            for (attribute, value) in action.attributes.iter().flat_map(|a| a.iter()) {
                 let _ = writeln!(out, "        {attribute:<18} = {}", show(value));
             }
         }

@@ -4,12 +4,14 @@
 //! the process that holds it. A record is written only after SocialTalent confirmed the write.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    AccountStatus, CacheUpdate, Digest, FailureRecord, IdpId, KnownUser, Snapshot, SourceCommit,
-    SourceUser, UserRecord, attributes_digest,
+    AccountStatus, Attributes, CacheUpdate, Digest, FailureRecord, IdpId, KnownUser, Snapshot,
+    SourceCommit, SourceUser, UserRecord, attributes_digest,
 };
 use crate::plan::Summary;
 
@@ -108,6 +110,9 @@ pub struct State {
     meta: sled::Tree,
     source: sled::Tree,
     pushed: sled::Tree,
+    /// Whether the `failures` tree may hold a record: when it holds none, a success has no
+    /// failure count to clear and skips that write. Shared by every handle of this state.
+    failures_present: Arc<AtomicBool>,
 }
 
 /// A user record as the `users` tree holds it: everything but the attributes, which are in
@@ -124,6 +129,20 @@ struct Head {
     digest: Option<Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pushed_digest: Option<Digest>,
+}
+
+impl Head {
+    /// The head of a full record (its attributes' digest is computed when it is written).
+    fn of(record: &UserRecord) -> Head {
+        Head {
+            scim_id: record.scim_id.clone(),
+            user_name: record.user_name.clone(),
+            status: record.status,
+            updated_at: record.updated_at.clone(),
+            digest: record.digest,
+            pushed_digest: None,
+        }
+    }
 }
 
 impl State {
@@ -157,8 +176,12 @@ impl State {
             meta: tree(META)?,
             source: tree(SOURCE)?,
             pushed: tree(PUSHED)?,
+            failures_present: Arc::new(AtomicBool::new(true)),
             db,
         };
+        state
+            .failures_present
+            .store(!state.failures.is_empty(), Ordering::Relaxed);
         match state.meta_u32("format_version")? {
             Some(found) if found > FORMAT_VERSION => {
                 return Err(StateError::NewerFormat {
@@ -233,7 +256,7 @@ impl State {
     pub fn load_pushed(&self, snapshot: &mut Snapshot, ids: &[IdpId]) -> Result<(), StateError> {
         for idp_id in ids {
             if let Some(known) = snapshot.users.get_mut(idp_id) {
-                known.pushed = Some(self.pushed_of(idp_id)?);
+                known.pushed = Some(std::sync::Arc::new(self.pushed_of(idp_id)?));
             }
         }
         Ok(())
@@ -252,7 +275,7 @@ impl State {
                 && record.digest != Some(*digest)
             {
                 record.digest = Some(*digest);
-                self.write_user(idp_id, &mut record)?;
+                self.write_user(idp_id, Head::of(&record), &record.pushed)?;
             }
         }
         Ok(())
@@ -303,8 +326,8 @@ impl State {
             if inline.get("pushed").is_none() {
                 continue;
             }
-            let mut record: UserRecord = self.decode(&key, &value)?;
-            self.write_user(&id_of(&key), &mut record)?;
+            let record: UserRecord = self.decode(&key, &value)?;
+            self.write_user(&id_of(&key), Head::of(&record), &record.pushed)?;
         }
         Ok(())
     }
@@ -314,22 +337,48 @@ impl State {
     /// # Errors
     /// [`StateError::Storage`].
     pub fn record_success(&self, idp_id: &IdpId, record: &UserRecord) -> Result<(), StateError> {
-        self.write_user(idp_id, &mut record.clone())?;
-        self.failures
-            .remove(idp_id.0.as_bytes())
-            .map_err(|e| self.storage(e))?;
-        Ok(())
+        self.write_user(idp_id, Head::of(record), &record.pushed)?;
+        self.clear_failures(idp_id)
     }
 
-    /// Writes a user record, with the digest of its attributes.
+    /// Records that SocialTalent confirmed `pushed` as the attributes of the user's active
+    /// account `scim_id` (a create, adoption, update or reactivation), with the digest of the
+    /// source user and mapping they come from, and clears the user's failure count.
     ///
-    /// Three plain writes, in an order that a crash between any two leaves safe (sled's
-    /// atomic batches and transactions lock out every other write, and made creates 2.7 times
-    /// slower): first an existing record loses its digest, so that no run takes the user for
-    /// unchanged while its attributes are being replaced; then the attributes; then the record
-    /// with both digests. A record without a digest is mapped and compared on the next run.
-    fn write_user(&self, idp_id: &IdpId, record: &mut UserRecord) -> Result<(), StateError> {
-        record.pushed_digest = Some(attributes_digest(&record.pushed));
+    /// The user's record must hold no digest: a record that has one loses it with
+    /// [`State::forget_digest`] before its write is sent (the executor does so for every
+    /// action of a plan at once). Otherwise a crash between the two writes here could leave the
+    /// old digest over the new attributes, and a later run take the user for unchanged.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn record_active(
+        &self,
+        idp_id: &IdpId,
+        scim_id: &str,
+        user_name: &str,
+        pushed: &Attributes,
+        digest: Option<Digest>,
+    ) -> Result<(), StateError> {
+        let head = Head {
+            scim_id: scim_id.to_owned(),
+            user_name: user_name.to_owned(),
+            status: AccountStatus::Active,
+            updated_at: now_rfc3339(),
+            digest,
+            pushed_digest: None,
+        };
+        self.write_attributes_then_head(idp_id, head, pushed)?;
+        self.clear_failures(idp_id)
+    }
+
+    /// Drops the digest of a user's record, if it has one, so that no run takes the user for
+    /// unchanged while its attributes are being replaced (see [`State::record_active`]). A
+    /// record without a digest is mapped and compared on the next run.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn forget_digest(&self, idp_id: &IdpId) -> Result<(), StateError> {
         let key = idp_id.0.as_bytes();
         if let Some(old) = self.users.get(key).map_err(|e| self.storage(e))? {
             let mut head: Head = self.decode(key, &old)?;
@@ -339,18 +388,47 @@ impl State {
                 self.users.insert(key, value).map_err(|e| self.storage(e))?;
             }
         }
-        let pushed = serde_json::to_vec(&record.pushed).map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    fn clear_failures(&self, idp_id: &IdpId) -> Result<(), StateError> {
+        if self.failures_present.load(Ordering::Relaxed) {
+            self.failures
+                .remove(idp_id.0.as_bytes())
+                .map_err(|e| self.storage(e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a user record, with the digest of its attributes.
+    ///
+    /// Three plain writes, in an order that a crash between any two leaves safe (sled's
+    /// atomic batches and transactions lock out every other write, and made creates 2.7 times
+    /// slower): first an existing record loses its digest ([`State::forget_digest`]); then the
+    /// attributes; then the record with both digests.
+    fn write_user(
+        &self,
+        idp_id: &IdpId,
+        head: Head,
+        pushed: &Attributes,
+    ) -> Result<(), StateError> {
+        self.forget_digest(idp_id)?;
+        self.write_attributes_then_head(idp_id, head, pushed)
+    }
+
+    /// The last two writes of [`State::write_user`], for a record known to hold no digest.
+    fn write_attributes_then_head(
+        &self,
+        idp_id: &IdpId,
+        mut head: Head,
+        pushed: &Attributes,
+    ) -> Result<(), StateError> {
+        head.pushed_digest = Some(attributes_digest(pushed));
+        let key = idp_id.0.as_bytes();
+        let pushed = serde_json::to_vec(pushed).map_err(|e| self.storage(e))?;
         self.pushed
             .insert(key, pushed)
             .map_err(|e| self.storage(e))?;
-        let head = Head {
-            scim_id: record.scim_id.clone(),
-            user_name: record.user_name.clone(),
-            status: record.status,
-            updated_at: record.updated_at.clone(),
-            digest: record.digest,
-            pushed_digest: record.pushed_digest,
-        };
         let value = serde_json::to_vec(&head).map_err(|e| self.storage(e))?;
         self.users.insert(key, value).map_err(|e| self.storage(e))?;
         Ok(())
@@ -381,6 +459,7 @@ impl State {
             last_failed_at: now_rfc3339(),
         };
         let value = serde_json::to_vec(&record).map_err(|e| self.storage(e))?;
+        self.failures_present.store(true, Ordering::Relaxed);
         self.failures
             .insert(idp_id.0.as_bytes(), value)
             .map_err(|e| self.storage(e))?;

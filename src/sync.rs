@@ -150,7 +150,7 @@ pub async fn plan_run(
     if let (false, Some(state)) = (read.full, state) {
         retry_failing_users(&mut read, &snapshot, state)?;
     }
-    tracing::debug!(message = "Source read.", users = read.users.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib());
+    tracing::debug!(message = "Source read.", users = read.users.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib(), cpu_ms = cpu_ms());
     let shared = Arc::new(config.clone());
     // Mapping 100,000 users is CPU work: keep it off the async workers.
     let (read, mapped, mut snapshot) = tokio::task::spawn_blocking(move || {
@@ -165,7 +165,7 @@ pub async fn plan_run(
     })
     .await
     .map_err(|error| SyncError::Internal(format!("the mapping task failed: {error}")))?;
-    tracing::debug!(message = "Users mapped.", elapsed = ?started.elapsed(), rss_kib = resident_kib());
+    tracing::debug!(message = "Users mapped.", elapsed = ?started.elapsed(), rss_kib = resident_kib(), cpu_ms = cpu_ms());
     let managed = config.mapping.attributes();
     // Full runs read SocialTalent back (adoption, drift, orphans); accounts of unchanged users
     // that still hold what we pushed are kept as ids only.
@@ -190,7 +190,7 @@ pub async fn plan_run(
     if let Some(state) = state {
         let wanted = plan::needs_pushed(&mapped, &snapshot, target.as_deref(), &managed);
         state.load_pushed(&mut snapshot, &wanted)?;
-        tracing::debug!(message = "Stored attributes loaded.", users = wanted.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib());
+        tracing::debug!(message = "Stored attributes loaded.", users = wanted.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib(), cpu_ms = cpu_ms());
     }
     let config = Arc::new(config.clone());
     let allow = options.allow_deactivations;
@@ -199,7 +199,7 @@ pub async fn plan_run(
     })
     .await
     .map_err(|error| SyncError::Internal(format!("the planning task failed: {error}")))?;
-    tracing::debug!(message = "Planned.", actions = planned.plan.actions.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib());
+    tracing::debug!(message = "Planned.", actions = planned.plan.actions.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib(), cpu_ms = cpu_ms());
     Ok(planned)
 }
 
@@ -300,6 +300,19 @@ fn resident_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The CPU time this process has used so far, in milliseconds, for the phase logs (Linux;
+/// `None` elsewhere). Read from `/proc/self/stat` (user and system time, in clock ticks of
+/// 10 ms on Linux's usual `USER_HZ` of 100).
+fn cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are space-separated.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) * 10)
 }
 
 /// Each active provisioned user's SocialTalent account (id, userName).
@@ -476,21 +489,23 @@ pub async fn run_once(
         }
     } else {
         let client = scim_client(config)?;
-        let known: HashMap<String, IdpId> = snapshot
-            .users
-            .iter()
-            .map(|(idp_id, record)| (record.scim_id.clone(), idp_id.clone()))
-            .collect();
         let settings = WriteSettings {
             update_with: config.target.update_with,
             deactivate_with: config.target.deactivate_with,
             max_in_flight: config.target.max_in_flight,
             quarantine_after: config.safety.failure_quarantine_after,
         };
-        let execution = executor::execute(&client, state, settings, &plan, &known, cancel, &|| {
-            on_progress(Progress::ActionDone);
-        })
-        .await;
+        let execution =
+            executor::execute(&client, state, settings, &plan, &snapshot, cancel, &|| {
+                on_progress(Progress::ActionDone);
+            })
+            .await;
+        tracing::debug!(
+            message = "Executed.",
+            actions = plan.actions.len(),
+            rss_kib = resident_kib(),
+            cpu_ms = cpu_ms()
+        );
         stats = Some(ClientStatistics::of(&client));
         execution
     };
@@ -513,7 +528,11 @@ pub async fn run_once(
         stats,
     };
     record_run(state, &outcome, &started_at)?;
-    tracing::debug!(message = "Run recorded.", rss_kib = resident_kib());
+    tracing::debug!(
+        message = "Run recorded.",
+        rss_kib = resident_kib(),
+        cpu_ms = cpu_ms()
+    );
     // Cursors advance only after the writes are recorded, and not at all when the run held
     // deactivations or stopped early: the next run must read those changes again.
     if outcome.held() == 0 && outcome.stopped.is_none() {

@@ -53,7 +53,7 @@ fn mapper(scope: Option<&str>, rules: &[(&str, &str)]) -> Mapper {
 
 fn provision(mapper: &Mapper, user: SourceUser) -> Attributes {
     match mapper.map(&Arc::new(user)).decision {
-        Decision::Provision(attributes) => attributes,
+        Decision::Provision(attributes) => (*attributes).clone(),
         other => panic!("expected Provision, got {other:?}"),
     }
 }

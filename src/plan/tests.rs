@@ -32,7 +32,7 @@ fn provisioned(id: &str, attributes: Attributes) -> MappedUser {
         label: id.into(),
         manager: None,
         digest: attributes_digest(&attributes),
-        decision: Decision::Provision(attributes),
+        decision: Decision::Provision(Arc::new(attributes)),
     }
 }
 
@@ -515,7 +515,7 @@ fn arb_attributes() -> impl Strategy<Value = Attributes> {
 
 fn arb_decision() -> impl Strategy<Value = Decision> {
     prop_oneof![
-        6 => arb_attributes().prop_map(Decision::Provision),
+        6 => arb_attributes().prop_map(|attributes| Decision::Provision(Arc::new(attributes))),
         1 => Just(Decision::Inactive),
         1 => Just(Decision::OutOfScope),
     ]
@@ -1042,12 +1042,12 @@ fn drift_on_an_unchanged_user_is_repaired_from_the_stored_attributes() {
         .users
         .get_mut(&IdpId("a".into()))
         .expect("known")
-        .pushed = Some(ours.clone());
+        .pushed = Some(Arc::new(ours.clone()));
     let plan = with_target(&mapped, &state, accounts, Reconcile::default());
     assert_eq!(ops(&plan), vec![(Op::Update, "a")]);
     let update = &plan.actions[0];
     assert_eq!(update.reason.as_deref(), Some("drift"));
-    assert_eq!(update.attributes.as_ref(), Some(&ours));
+    assert_eq!(update.attributes.as_deref(), Some(&ours));
     assert_eq!(
         update.digest,
         Some(Digest(1)),
@@ -1073,7 +1073,7 @@ fn a_stale_digest_is_not_taken_for_unchanged() {
         .users
         .get_mut(&IdpId("a".into()))
         .expect("known")
-        .pushed = Some(ours);
+        .pushed = Some(Arc::new(ours));
     let plan = plan_of(&full_read(&mapped), &mapped, &state);
     assert_eq!(ops(&plan), vec![(Op::Reactivate, "a")]);
 }
@@ -1140,9 +1140,9 @@ fn the_read_back_keeps_whole_only_the_accounts_the_plan_reads() {
     for idp_id in needs_pushed(&mapped, &state, None, &managed()) {
         let known = state.users.get_mut(&idp_id).expect("known");
         known.pushed = Some(if idp_id.0 == "a" {
-            a.clone()
+            Arc::new(a.clone())
         } else {
-            b.clone()
+            Arc::new(b.clone())
         });
     }
 

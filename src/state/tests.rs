@@ -61,7 +61,7 @@ fn records_survive_a_reopen() {
     state
         .load_pushed(&mut snapshot, std::slice::from_ref(&id))
         .expect("loads");
-    assert_eq!(snapshot.users[&id].pushed.as_ref(), Some(&written.pushed));
+    assert_eq!(snapshot.users[&id].pushed.as_deref(), Some(&written.pushed));
 }
 
 #[test]
