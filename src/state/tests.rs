@@ -228,3 +228,68 @@ fn a_version_1_state_is_converted_on_open_and_keeps_every_record() {
         "the record no longer carries the attributes"
     );
 }
+
+#[test]
+fn a_record_loses_its_digest_before_its_attributes_are_replaced() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("opens");
+    let id = IdpId("00u1".into());
+    state.record_success(&id, &record("s1")).expect("writes");
+    state.forget_digest(&id).expect("forgets");
+    let mut snapshot = state.snapshot().expect("reads");
+    assert_eq!(
+        snapshot.users[&id].digest, None,
+        "a run that stops here maps and compares the user"
+    );
+    state
+        .load_pushed(&mut snapshot, std::slice::from_ref(&id))
+        .expect("loads");
+    assert_eq!(
+        snapshot.users[&id].pushed.as_deref(),
+        Some(&record("s1").pushed),
+        "the attributes SocialTalent holds are kept"
+    );
+
+    let newer: Attributes =
+        serde_json::from_value(json!({"userName": "ana@example.com", "coreTeam": "Support"}))
+            .expect("attributes");
+    state
+        .record_active(&id, "s1", "ana@example.com", &newer, Some(Digest(9)))
+        .expect("records");
+    let mut snapshot = state.snapshot().expect("reads");
+    let known = &snapshot.users[&id];
+    assert_eq!(known.digest, Some(Digest(9)));
+    assert_eq!(known.pushed_digest, Some(attributes_digest(&newer)));
+    assert_eq!(known.status, AccountStatus::Active);
+    state
+        .load_pushed(&mut snapshot, std::slice::from_ref(&id))
+        .expect("loads");
+    assert_eq!(snapshot.users[&id].pushed.as_deref(), Some(&newer));
+}
+
+#[test]
+fn a_success_clears_a_failure_count_found_on_disk() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = IdpId("00u1".into());
+    let other = IdpId("00u2".into());
+    {
+        let state = State::open(dir.path()).expect("opens");
+        state.record_failure(&id, "ana", "400").expect("counts");
+        state.record_failure(&other, "bo", "400").expect("counts");
+        state.flush().expect("flushes");
+    }
+    let state = reopen(dir.path()).expect("reopens");
+    let pushed = record("s1").pushed;
+    state
+        .record_active(&id, "s1", "ana@example.com", &pushed, None)
+        .expect("records");
+    let snapshot = state.snapshot().expect("reads");
+    assert!(
+        !snapshot.failures.contains_key(&id),
+        "the success clears it"
+    );
+    assert_eq!(
+        snapshot.failures[&other].consecutive, 1,
+        "others keep theirs"
+    );
+}
