@@ -1248,13 +1248,20 @@ fn bench_binary(settings: &Settings, server: &Server, work: &Path, report: &mut 
     }
     let worst_rss = rss.iter().copied().fold(0.0, f64::max);
     let wall = median(&mut walls);
+    // The targets are for 100,000 users; other sizes are reported as measured. A run that reads
+    // SocialTalent back has its own (the read-back issue): < 15 s and < 300 MB.
+    let (wall_limit, rss_limit_mb) = if settings.read_back {
+        (15.0, 300.0)
+    } else {
+        (2.0, 250.0)
+    };
+    let judged = settings.users == 100_000;
     report.line(
         "nochange_sync_wall_median",
         wall,
         "s",
-        "<= 2",
-        // The targets are for 100,000 users; other sizes are reported as measured.
-        (settings.users == 100_000).then_some(wall <= 2.0),
+        &format!("<= {wall_limit}"),
+        judged.then_some(wall <= wall_limit),
     );
     report.info("nochange_sync_wall_min", walls[0], "s");
     report.info("nochange_sync_cpu_median", median(&mut cpus), "s");
@@ -1262,8 +1269,11 @@ fn bench_binary(settings: &Settings, server: &Server, work: &Path, report: &mut 
         "nochange_sync_peak_rss",
         worst_rss,
         "MiB",
-        "<= 250 MB (238)",
-        (settings.users == 100_000).then_some(worst_rss * 1048576.0 <= 250e6),
+        &format!(
+            "<= {rss_limit_mb} MB ({:.0})",
+            rss_limit_mb * 1e6 / 1_048_576.0
+        ),
+        judged.then_some(worst_rss * 1_048_576.0 <= rss_limit_mb * 1e6),
     );
     let (apparent_after, _) = dir_size(&state);
     report.info(
