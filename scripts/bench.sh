@@ -17,7 +17,7 @@
 #      creates BENCH_CREATE_USERS users with max_in_flight = C and no effective rate limit, then
 #      `wrk -c C` posts the same SCIM document (a generated Lua script, unique userNames) to the
 #      same server, then a plain reqwest client does the same (the ceiling of the tool's HTTP
-#      stack). Targets: no-change sync of 100k users <= 2 s and <= 250 MB RSS; plan::build
+#      stack); BENCH_REPEAT rounds alternate the three, and the figures are their medians. Targets: no-change sync of 100k users <= 2 s and <= 250 MB RSS; plan::build
 #      >= 500,000 users/s; state <= 3 KB per user; creates >= 70% of wrk; rate limit: no
 #      1-second window above R + B, total time within 5% of N/R.
 #
