@@ -65,16 +65,17 @@ pub struct Execution {
 ///
 /// `snapshot` is the state as the plan was made from it: a 409 never adopts an account it
 /// gives to another IdP user, and the records whose attributes the plan replaces lose their
-/// digest before anything is sent (see [`State::record_active`]). `on_done` is called once per finished action
-/// (progress), in batches: the driving task counts them every [`PROGRESS_EVERY`].
+/// digest before anything is sent (see [`State::record_active`]). `on_done` is called once per
+/// finished action (progress), in batches: the driving task counts them every
+/// [`PROGRESS_EVERY`].
 ///
 /// Each wave (managers before their reports) is carried out by at most `max_in_flight`
 /// worker tasks on the runtime's threads. A worker takes the wave's next action, sends it,
 /// records what SocialTalent confirmed in the state, notes the result in a shared table and
 /// takes the next: no task is spawned per action and nothing goes back to the driving task
-/// per action. Within a wave, actions start in the order of their users' IdP ids (see
-/// below); a wave starts when the previous one has finished. If this future is dropped, the workers are aborted (at an
-/// `.await`, so never between a confirmed write and its record).
+/// per action. Within a wave, actions start in the order of their users' IdP ids (see below);
+/// a wave starts when the previous one has finished. If this future is dropped, the workers
+/// are aborted (at an `.await`, so never between a confirmed write and its record).
 pub async fn execute(
     client: &ScimClient,
     state: &State,
@@ -143,8 +144,8 @@ pub async fn execute(
     for wave in waves {
         // In the order of the users' IdP ids, the state's keys: the records are then written
         // in key order, and sled keeps the few tree nodes being filled in its cache instead of
-        // paging a random node in for most writes (a 100,000-user first sync writes its state
-        // 3 times faster). Reversed, because workers pop from the end.
+        // paging a random node in for most writes (sled alone, 100,000 users' two records:
+        // 15.2 → 4.7 µs per insert). Reversed, because workers pop from the end.
         let mut jobs: Vec<(usize, Action)> = plan
             .actions
             .iter()
@@ -176,7 +177,7 @@ pub async fn execute(
                 _ = progress.tick() => report_progress(&shared),
             }
         }
-        // A worker that failed may have left actions behind: not sent.
+        // If every worker failed, actions are left behind: not sent.
         let left: Vec<(usize, Action)> = std::mem::take(&mut *lock(&queue));
         for (index, action) in left {
             let error = ActionError::Refused("internal: the executor stopped before it".into());
