@@ -66,8 +66,7 @@ pub struct Execution {
 /// `snapshot` is the state as the plan was made from it: a 409 never adopts an account it
 /// gives to another IdP user, and the records whose attributes the plan replaces lose their
 /// digest before anything is sent (see [`State::record_active`]). `on_done` is called once per
-/// finished action (progress), in batches: the driving task counts them every
-/// [`PROGRESS_EVERY`].
+/// finished action (progress), in batches: the driving task counts them every 100 ms.
 ///
 /// Each wave (managers before their reports) is carried out by at most `max_in_flight`
 /// worker tasks on the runtime's threads. A worker takes the wave's next action, sends it,
