@@ -256,7 +256,7 @@ impl State {
     pub fn load_pushed(&self, snapshot: &mut Snapshot, ids: &[IdpId]) -> Result<(), StateError> {
         for idp_id in ids {
             if let Some(known) = snapshot.users.get_mut(idp_id) {
-                known.pushed = Some(std::sync::Arc::new(self.pushed_of(idp_id)?));
+                known.pushed = Some(Arc::new(self.pushed_of(idp_id)?));
             }
         }
         Ok(())
