@@ -250,20 +250,14 @@ async fn work(shared: Arc<Shared>, queue: Arc<Mutex<Vec<(usize, Action)>>>) {
         let stopped = lock(&shared.stopped).clone();
         let result = match stopped {
             Some(reason) => Err(ActionError::NotSent(reason)),
-            None => AssertUnwindSafe(carry_out(
-                &shared,
-                &action,
-                &Recording {
-                    state: &shared.state,
-                },
-            ))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| {
-                Err(ActionError::Refused(
-                    "internal: carrying out the action panicked".into(),
-                ))
-            }),
+            None => AssertUnwindSafe(carry_out(&shared, &action))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ActionError::Refused(
+                        "internal: carrying out the action panicked".into(),
+                    ))
+                }),
         };
         shared.finish(index, &action, result);
     }
@@ -326,54 +320,32 @@ impl ActionError {
 
 type Done = (Option<String>, Option<String>);
 
-/// Records what SocialTalent confirmed, in the state, at once.
-struct Recording<'a> {
-    state: &'a State,
-}
-
-impl Recording<'_> {
-    /// SocialTalent confirmed `attributes` for the active account `scim_id` (a create,
-    /// adoption, update or reactivation).
-    fn active(
-        &self,
-        action: &Action,
-        scim_id: &str,
-        attributes: &Attributes,
-    ) -> Result<(), ActionError> {
-        let user_name = attributes
-            .get(attr::USER_NAME)
-            .and_then(Value::as_str)
-            .unwrap_or(&action.user_name);
-        self.state.record_active(
-            &action.idp_id,
-            scim_id,
-            user_name,
-            attributes,
-            action.digest,
-        )?;
-        Ok(())
-    }
-
-    /// The account was deactivated (or was already gone).
-    fn deactivated(&self, action: &Action) -> Result<(), ActionError> {
-        // Orphans (accounts no IdP user has) have no record to update.
-        if let Some(mut record) = self.state.user(&action.idp_id)? {
-            record.status = AccountStatus::Deactivated;
-            record.updated_at = now_rfc3339();
-            self.state.record_success(&action.idp_id, &record)?;
-        }
-        Ok(())
-    }
+/// Records that SocialTalent confirmed `attributes` for the active account `scim_id` (a
+/// create, adoption, update or reactivation).
+fn record_active(
+    state: &State,
+    action: &Action,
+    scim_id: &str,
+    attributes: &Attributes,
+) -> Result<(), StateError> {
+    let user_name = attributes
+        .get(attr::USER_NAME)
+        .and_then(Value::as_str)
+        .unwrap_or(&action.user_name);
+    state.record_active(
+        &action.idp_id,
+        scim_id,
+        user_name,
+        attributes,
+        action.digest,
+    )
 }
 
 /// One action: send it, and record what SocialTalent confirmed.
-async fn carry_out(
-    shared: &Shared,
-    action: &Action,
-    recording: &Recording<'_>,
-) -> Result<Done, ActionError> {
+async fn carry_out(shared: &Shared, action: &Action) -> Result<Done, ActionError> {
     let Shared {
         client,
+        state,
         settings,
         known,
         ..
@@ -383,7 +355,7 @@ async fn carry_out(
     match action.op {
         Op::Create => {
             let attributes = desired(action)?;
-            create_or_adopt(client, recording, settings, action, attributes, known).await
+            create_or_adopt(client, state, settings, action, attributes, known).await
         }
         Op::Adopt => {
             // An account found by the read-back: take it over, then update it if it differs.
@@ -392,7 +364,7 @@ async fn carry_out(
             if !action.changes.is_empty() {
                 send_update(client, settings, action, scim_id, attributes).await?;
             }
-            recording.active(action, scim_id, attributes)?;
+            record_active(state, action, scim_id, attributes)?;
             Ok((
                 Some("adopted an existing account".into()),
                 Some(scim_id.to_owned()),
@@ -403,7 +375,7 @@ async fn carry_out(
             let scim_id = scim_id(action)?;
             match send_update(client, settings, action, scim_id, attributes).await {
                 Ok(()) => {
-                    recording.active(action, scim_id, attributes)?;
+                    record_active(state, action, scim_id, attributes)?;
                     Ok((None, Some(scim_id.to_owned())))
                 }
                 Err(ScimError::NotFound { .. }) => {
@@ -411,8 +383,7 @@ async fn carry_out(
                     // earlier re-creation may have left one that the state does not know, so a
                     // 409 adopts it like any create.
                     let (note, scim_id) =
-                        create_or_adopt(client, recording, settings, action, attributes, known)
-                            .await?;
+                        create_or_adopt(client, state, settings, action, attributes, known).await?;
                     Ok((
                         Some(note.unwrap_or_else(|| {
                             "the account had vanished in SocialTalent; created again".into()
@@ -440,7 +411,12 @@ async fn carry_out(
                 }
                 Err(error) => return Err(error.into()),
             };
-            recording.deactivated(action)?;
+            // Orphans (accounts no IdP user has) have no record to update.
+            if let Some(mut record) = state.user(&action.idp_id)? {
+                record.status = AccountStatus::Deactivated;
+                record.updated_at = now_rfc3339();
+                state.record_success(&action.idp_id, &record)?;
+            }
             Ok((note, Some(scim_id.to_owned())))
         }
         Op::Held | Op::Skip | Op::Writeback => Ok((None, None)),
@@ -485,7 +461,7 @@ async fn send_update(
 
 async fn create_or_adopt(
     client: &ScimClient,
-    recording: &Recording<'_>,
+    state: &State,
     settings: WriteSettings,
     action: &Action,
     attributes: &Attributes,
@@ -495,7 +471,7 @@ async fn create_or_adopt(
     let document = wire::UserDocument::new(attributes, extension, true);
     match client.create(&document).await {
         Ok(created_id) => {
-            recording.active(action, &created_id, attributes)?;
+            record_active(state, action, &created_id, attributes)?;
             Ok((None, Some(created_id)))
         }
         Err(ScimError::Conflict { detail }) => {
@@ -530,7 +506,7 @@ async fn create_or_adopt(
                     client.patch(&existing.id, &body).await?;
                 }
             }
-            recording.active(action, &existing.id, attributes)?;
+            record_active(state, action, &existing.id, attributes)?;
             Ok((
                 Some("an account with this userName existed; adopted and updated".into()),
                 Some(existing.id),

@@ -168,20 +168,19 @@ impl State {
             db.open_tree(name)
                 .map_err(|error| storage(error.to_string()))
         };
+        let failures = tree(FAILURES)?;
         let state = State {
             path: path.to_owned(),
             users: tree(USERS)?,
-            failures: tree(FAILURES)?,
+
             runs: tree(RUNS)?,
             meta: tree(META)?,
             source: tree(SOURCE)?,
             pushed: tree(PUSHED)?,
-            failures_present: Arc::new(AtomicBool::new(true)),
+            failures_present: Arc::new(AtomicBool::new(!failures.is_empty())),
+            failures,
             db,
         };
-        state
-            .failures_present
-            .store(!state.failures.is_empty(), Ordering::Relaxed);
         match state.meta_u32("format_version")? {
             Some(found) if found > FORMAT_VERSION => {
                 return Err(StateError::NewerFormat {
