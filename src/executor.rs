@@ -1,10 +1,11 @@
 //! The executor: the only code that writes to SocialTalent. It carries out a [`Plan`] wave by
 //! wave (managers before their reports), concurrently within the client's limits, records each
-//! confirmed write in the state at once, and goes on past per-user failures.
+//! confirmed write in the state (in small batches, within 100 ms), and goes on past
+//! per-user failures.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -70,11 +71,14 @@ pub struct Execution {
 ///
 /// Each wave (managers before their reports) is carried out by at most `max_in_flight`
 /// worker tasks on the runtime's threads. A worker takes the wave's next action, sends it,
-/// records what SocialTalent confirmed in the state, notes the result in a shared table and
-/// takes the next: no task is spawned per action and nothing goes back to the driving task
-/// per action. Within a wave, actions start in the order of their users' IdP ids (see below);
-/// a wave starts when the previous one has finished. If this future is dropped, the workers
-/// are aborted (at an `.await`, so never between a confirmed write and its record).
+/// queues what SocialTalent confirmed and takes the next: no task is spawned per action and
+/// nothing goes back to the driving task per action. The queue is recorded in the state by
+/// one thread at a time, in key order, by the worker that fills it to 64 writes, by
+/// the driving task every 100 ms, and at the end of each wave; an action's result
+/// is `Ok` only once its record is written. Within a wave, actions start in the order of
+/// their users' IdP ids (see below); a wave starts when the previous one has finished and its
+/// writes are recorded. If this future is dropped, the workers are aborted (at an `.await`)
+/// and every write already confirmed is recorded before the drop returns.
 pub async fn execute(
     client: &ScimClient,
     state: &State,
@@ -131,7 +135,13 @@ pub async fn execute(
         stopped: Mutex::new(None),
         results: Mutex::new(vec![ActionResult::NotSent; plan.actions.len()]),
         done: AtomicUsize::new(0),
+        pending: Mutex::new(Vec::new()),
+        recording: Mutex::new(()),
+        abandoned: AtomicBool::new(false),
     });
+    // Dropped with this future (the daemon gives up on a run after its shutdown grace), the
+    // guard records every write already confirmed.
+    let _settle = Settle(&shared);
     let mut reported = 0;
     let mut report_progress = |shared: &Shared| {
         let done = shared.done.load(Ordering::Relaxed);
@@ -142,9 +152,9 @@ pub async fn execute(
     };
     for wave in waves {
         // In the order of the users' IdP ids, the state's keys: the records are then written
-        // in key order, and sled keeps the few tree nodes being filled in its cache instead of
-        // paging a random node in for most writes (sled alone, 100,000 users' two records:
-        // 15.2 → 4.7 µs per insert). Reversed, because workers pop from the end.
+        // in (nearly) key order, and sled keeps the few tree nodes being filled in its cache
+        // instead of paging a random node in for most writes (sled alone, 100,000 users' two
+        // records: 15.2 → 4.7 µs per insert). Reversed, because workers pop from the end.
         let mut jobs: Vec<(usize, Action)> = plan
             .actions
             .iter()
@@ -173,9 +183,13 @@ pub async fn execute(
                     ),
                     None => break,
                 },
-                _ = progress.tick() => report_progress(&shared),
+                _ = progress.tick() => {
+                    shared.record_pending(Wait::No);
+                    report_progress(&shared);
+                }
             }
         }
+        shared.record_pending(Wait::Yes);
         // If every worker failed, actions are left behind: not sent.
         let left: Vec<(usize, Action)> = std::mem::take(&mut *lock(&queue));
         for (index, action) in left {
@@ -228,6 +242,37 @@ struct Shared {
     results: Mutex<Vec<ActionResult>>,
     /// Actions finished so far (progress).
     done: AtomicUsize,
+    /// Confirmed writes waiting to be recorded in the state.
+    pending: Mutex<Vec<Confirmed>>,
+    /// Held by whoever records the pending writes: one thread at a time writes them.
+    recording: Mutex<()>,
+    /// Set when the execution is dropped: a worker still running records what it confirms.
+    abandoned: AtomicBool,
+}
+
+/// How many confirmed writes a worker lets wait before it records them (the driving task also
+/// records them every [`PROGRESS_EVERY`] and at the end of each wave).
+///
+/// sled's inserts into the same trees from both runtime threads at once contend, and between
+/// requests each finds little of the tree in the CPU's caches: recorded one by one as they were
+/// confirmed, the two writes of a create cost ≈ 28 µs of CPU; in key-sorted batches on one
+/// thread ≈ 11 µs (`BENCHMARKS.md`). A batch takes ≈ 0.7 ms.
+const RECORD_BATCH: usize = 64;
+
+/// A write SocialTalent confirmed, waiting to be recorded.
+struct Confirmed {
+    index: usize,
+    action: Action,
+    done: Done,
+    record: Record,
+}
+
+/// What the state must record for a confirmed action.
+enum Record {
+    /// The user's account `scim_id` is active with the action's attributes.
+    Active(String),
+    /// The user's account is deactivated.
+    Deactivated,
 }
 
 /// Locks a mutex of the executor's; a worker that panicked holding it left nothing half-done
@@ -259,11 +304,90 @@ async fn work(shared: Arc<Shared>, queue: Arc<Mutex<Vec<(usize, Action)>>>) {
                     ))
                 }),
         };
-        shared.finish(index, &action, result);
+        match result {
+            Ok((done, Some(record))) => shared.confirm(Confirmed {
+                index,
+                action,
+                done,
+                record,
+            }),
+            Ok((done, None)) => shared.finish(index, &action, Ok(done)),
+            Err(error) => shared.finish(index, &action, Err(error)),
+        }
+    }
+}
+
+/// Whether [`Shared::record_pending`] waits for a worker that is recording.
+#[derive(Clone, Copy, PartialEq)]
+enum Wait {
+    Yes,
+    No,
+}
+
+/// Records the pending writes when the execution ends, however it ends.
+struct Settle<'a>(&'a Shared);
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.0.abandoned.store(true, Ordering::SeqCst);
+        self.0.record_pending(Wait::Yes);
     }
 }
 
 impl Shared {
+    /// Queues a confirmed write to be recorded; records the queue when it is full (or when the
+    /// execution was dropped meanwhile).
+    fn confirm(&self, confirmed: Confirmed) {
+        let waiting = {
+            let mut pending = lock(&self.pending);
+            pending.push(confirmed);
+            pending.len()
+        };
+        if self.abandoned.load(Ordering::SeqCst) {
+            self.record_pending(Wait::Yes);
+        } else if waiting >= RECORD_BATCH {
+            self.record_pending(Wait::No);
+        }
+    }
+
+    /// Records the pending confirmed writes in the state, in key order, and notes their
+    /// results: `Ok` once recorded. With [`Wait::No`] it leaves them to the thread already
+    /// recording, if one is.
+    fn record_pending(&self, wait: Wait) {
+        let _recording = match wait {
+            Wait::Yes => lock(&self.recording),
+            Wait::No => match self.recording.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            },
+        };
+        loop {
+            let mut batch = std::mem::take(&mut *lock(&self.pending));
+            if batch.is_empty() {
+                return;
+            }
+            batch.sort_unstable_by(|a, b| a.action.idp_id.0.cmp(&b.action.idp_id.0));
+            for Confirmed {
+                index,
+                action,
+                done,
+                record,
+            } in batch
+            {
+                let recorded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    record_confirmed(&self.state, &action, &record)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(ActionError::Refused(
+                        "internal: recording the action in the state panicked".into(),
+                    ))
+                });
+                self.finish(index, &action, recorded.map(|()| done));
+            }
+        }
+    }
+
     /// Records the outcome of the action at `index`: a systemic failure stops the run, a
     /// per-user one counts towards the user's quarantine.
     fn finish(&self, index: usize, action: &Action, result: Result<Done, ActionError>) {
@@ -318,34 +442,47 @@ impl ActionError {
     }
 }
 
+/// What a finished action reports: a note (for example an adoption after a 409) and the
+/// SocialTalent id the user now has.
 type Done = (Option<String>, Option<String>);
 
-/// Records that SocialTalent confirmed `attributes` for the active account `scim_id` (a
-/// create, adoption, update or reactivation).
-fn record_active(
-    state: &State,
-    action: &Action,
-    scim_id: &str,
-    attributes: &Attributes,
-) -> Result<(), StateError> {
-    let user_name = attributes
-        .get(attr::USER_NAME)
-        .and_then(Value::as_str)
-        .unwrap_or(&action.user_name);
-    state.record_active(
-        &action.idp_id,
-        scim_id,
-        user_name,
-        attributes,
-        action.digest,
-    )
+/// What SocialTalent confirmed for an action, and what the state must record of it (nothing
+/// for an action that sends nothing).
+type Sent = (Done, Option<Record>);
+
+/// Records a confirmed action in the state.
+fn record_confirmed(state: &State, action: &Action, record: &Record) -> Result<(), ActionError> {
+    match record {
+        Record::Active(scim_id) => {
+            let attributes = desired(action)?;
+            let user_name = attributes
+                .get(attr::USER_NAME)
+                .and_then(Value::as_str)
+                .unwrap_or(&action.user_name);
+            state.record_active(
+                &action.idp_id,
+                scim_id,
+                user_name,
+                attributes,
+                action.digest,
+            )?;
+        }
+        Record::Deactivated => {
+            // Orphans (accounts no IdP user has) have no record to update.
+            if let Some(mut user) = state.user(&action.idp_id)? {
+                user.status = AccountStatus::Deactivated;
+                user.updated_at = now_rfc3339();
+                state.record_success(&action.idp_id, &user)?;
+            }
+        }
+    }
+    Ok(())
 }
 
-/// One action: send it, and record what SocialTalent confirmed.
-async fn carry_out(shared: &Shared, action: &Action) -> Result<Done, ActionError> {
+/// One action: send it; returns what SocialTalent confirmed, to be recorded.
+async fn carry_out(shared: &Shared, action: &Action) -> Result<Sent, ActionError> {
     let Shared {
         client,
-        state,
         settings,
         known,
         ..
@@ -355,7 +492,7 @@ async fn carry_out(shared: &Shared, action: &Action) -> Result<Done, ActionError
     match action.op {
         Op::Create => {
             let attributes = desired(action)?;
-            create_or_adopt(client, state, settings, action, attributes, known).await
+            create_or_adopt(client, settings, action, attributes, known).await
         }
         Op::Adopt => {
             // An account found by the read-back: take it over, then update it if it differs.
@@ -364,32 +501,32 @@ async fn carry_out(shared: &Shared, action: &Action) -> Result<Done, ActionError
             if !action.changes.is_empty() {
                 send_update(client, settings, action, scim_id, attributes).await?;
             }
-            record_active(state, action, scim_id, attributes)?;
             Ok((
-                Some("adopted an existing account".into()),
-                Some(scim_id.to_owned()),
+                (
+                    Some("adopted an existing account".into()),
+                    Some(scim_id.to_owned()),
+                ),
+                Some(Record::Active(scim_id.to_owned())),
             ))
         }
         Op::Update | Op::Reactivate => {
             let attributes = desired(action)?;
             let scim_id = scim_id(action)?;
             match send_update(client, settings, action, scim_id, attributes).await {
-                Ok(()) => {
-                    record_active(state, action, scim_id, attributes)?;
-                    Ok((None, Some(scim_id.to_owned())))
-                }
+                Ok(()) => Ok((
+                    (None, Some(scim_id.to_owned())),
+                    Some(Record::Active(scim_id.to_owned())),
+                )),
                 Err(ScimError::NotFound { .. }) => {
                     // The account vanished in SocialTalent: create it again. A crash after an
                     // earlier re-creation may have left one that the state does not know, so a
                     // 409 adopts it like any create.
-                    let (note, scim_id) =
-                        create_or_adopt(client, state, settings, action, attributes, known).await?;
-                    Ok((
-                        Some(note.unwrap_or_else(|| {
-                            "the account had vanished in SocialTalent; created again".into()
-                        })),
-                        scim_id,
-                    ))
+                    let ((note, scim_id), record) =
+                        create_or_adopt(client, settings, action, attributes, known).await?;
+                    let note = note.unwrap_or_else(|| {
+                        "the account had vanished in SocialTalent; created again".into()
+                    });
+                    Ok(((Some(note), scim_id), record))
                 }
                 Err(error) => Err(error.into()),
             }
@@ -411,15 +548,9 @@ async fn carry_out(shared: &Shared, action: &Action) -> Result<Done, ActionError
                 }
                 Err(error) => return Err(error.into()),
             };
-            // Orphans (accounts no IdP user has) have no record to update.
-            if let Some(mut record) = state.user(&action.idp_id)? {
-                record.status = AccountStatus::Deactivated;
-                record.updated_at = now_rfc3339();
-                state.record_success(&action.idp_id, &record)?;
-            }
-            Ok((note, Some(scim_id.to_owned())))
+            Ok(((note, Some(scim_id.to_owned())), Some(Record::Deactivated)))
         }
-        Op::Held | Op::Skip | Op::Writeback => Ok((None, None)),
+        Op::Held | Op::Skip | Op::Writeback => Ok(((None, None), None)),
     }
 }
 
@@ -461,19 +592,18 @@ async fn send_update(
 
 async fn create_or_adopt(
     client: &ScimClient,
-    state: &State,
     settings: WriteSettings,
     action: &Action,
     attributes: &Attributes,
     known: &HashMap<String, IdpId>,
-) -> Result<Done, ActionError> {
+) -> Result<Sent, ActionError> {
     let extension = client.extension_schema();
     let document = wire::UserDocument::new(attributes, extension, true);
     match client.create(&document).await {
-        Ok(created_id) => {
-            record_active(state, action, &created_id, attributes)?;
-            Ok((None, Some(created_id)))
-        }
+        Ok(created_id) => Ok((
+            (None, Some(created_id.clone())),
+            Some(Record::Active(created_id)),
+        )),
         Err(ScimError::Conflict { detail }) => {
             // The account exists: adopt it instead of creating a duplicate.
             let existing = client
@@ -506,10 +636,12 @@ async fn create_or_adopt(
                     client.patch(&existing.id, &body).await?;
                 }
             }
-            record_active(state, action, &existing.id, attributes)?;
             Ok((
-                Some("an account with this userName existed; adopted and updated".into()),
-                Some(existing.id),
+                (
+                    Some("an account with this userName existed; adopted and updated".into()),
+                    Some(existing.id.clone()),
+                ),
+                Some(Record::Active(existing.id)),
             ))
         }
         Err(error) => Err(error.into()),
@@ -552,4 +684,165 @@ fn scim_id(action: &Action) -> Result<&str, ActionError> {
     action.scim_id.as_deref().ok_or_else(|| {
         ActionError::Refused("internal: the action carries no SocialTalent id".into())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::{Config, Secret};
+    use crate::model::{Digest, UserRecord};
+    use crate::net::limiter::Limiter;
+
+    /// What the workers of an execution share, over `state`; the client is never used.
+    fn shared(state: &State) -> Shared {
+        let config = Config::parse(
+            Path::new("t.toml"),
+            r#"[source]
+kind = "file"
+[source.file]
+path = "directory.json"
+[target]
+base_url = "http://127.0.0.1:9/v2"
+token = "${ST_SYNC_EXECUTOR_TEST_TOKEN_UNSET}"
+[mapping]
+userName = "{{ user.email }}"
+coreTeam = "Sales"
+role = "user"
+"#,
+        )
+        .expect("configuration");
+        let client = ScimClient::new(
+            &config.target,
+            Secret::new("token"),
+            Limiter::new(10.0, 1, 1),
+        )
+        .expect("client");
+        Shared {
+            client,
+            state: state.clone(),
+            settings: WriteSettings {
+                update_with: UpdateWith::Patch,
+                deactivate_with: DeactivateWith::Delete,
+                max_in_flight: 4,
+                quarantine_after: 3,
+            },
+            known: HashMap::new(),
+            cancel: CancellationToken::new(),
+            stopped: Mutex::new(None),
+            results: Mutex::new(vec![ActionResult::NotSent; 2 * RECORD_BATCH]),
+            done: AtomicUsize::new(0),
+            pending: Mutex::new(Vec::new()),
+            recording: Mutex::new(()),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
+    /// A create SocialTalent confirmed as account `st-<n>`.
+    fn created(n: usize) -> Confirmed {
+        let user_name = format!("user{n}@example.com");
+        let attributes: Attributes =
+            serde_json::from_value(json!({"userName": user_name, "coreTeam": "Sales"}))
+                .expect("attributes");
+        let action = Action {
+            idp_id: IdpId(format!("00u{n:04}")),
+            user_name,
+            attributes: Some(Arc::new(attributes)),
+            digest: Some(Digest(n as u128)),
+            ..Action::empty(Op::Create)
+        };
+        Confirmed {
+            index: n,
+            action,
+            done: (None, Some(format!("st-{n}"))),
+            record: Record::Active(format!("st-{n}")),
+        }
+    }
+
+    fn recorded(state: &State, n: usize) -> Option<UserRecord> {
+        state.user(&IdpId(format!("00u{n:04}"))).expect("state")
+    }
+
+    fn result(shared: &Shared, n: usize) -> ActionResult {
+        lock(&shared.results)[n].clone()
+    }
+
+    #[test]
+    fn confirmed_writes_wait_for_a_full_batch_and_the_worker_that_fills_it_records_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = State::open(dir.path()).expect("state");
+        let shared = shared(&state);
+        for n in 0..RECORD_BATCH - 1 {
+            shared.confirm(created(n));
+        }
+        assert!(
+            recorded(&state, 0).is_none(),
+            "recorded before the batch was full"
+        );
+        assert_eq!(result(&shared, 0), ActionResult::NotSent);
+        assert_eq!(shared.done.load(Ordering::Relaxed), 0);
+
+        shared.confirm(created(RECORD_BATCH - 1));
+        for n in 0..RECORD_BATCH {
+            let record = recorded(&state, n).expect("recorded");
+            assert_eq!(record.scim_id, format!("st-{n}"));
+            assert_eq!(record.user_name, format!("user{n}@example.com"));
+            assert_eq!(record.status, AccountStatus::Active);
+            assert_eq!(record.digest, Some(Digest(n as u128)));
+            assert_eq!(
+                result(&shared, n),
+                ActionResult::Ok {
+                    note: None,
+                    scim_id: Some(format!("st-{n}"))
+                }
+            );
+        }
+        assert_eq!(shared.done.load(Ordering::Relaxed), RECORD_BATCH);
+        assert!(lock(&shared.pending).is_empty());
+    }
+
+    #[test]
+    fn dropping_the_execution_records_every_write_already_confirmed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = State::open(dir.path()).expect("state");
+        let shared = shared(&state);
+        let settle = Settle(&shared);
+        shared.confirm(created(1));
+        shared.confirm(created(2));
+        assert!(recorded(&state, 1).is_none());
+        drop(settle);
+        assert_eq!(recorded(&state, 1).expect("recorded").scim_id, "st-1");
+        assert_eq!(recorded(&state, 2).expect("recorded").scim_id, "st-2");
+        assert_eq!(shared.done.load(Ordering::Relaxed), 2);
+
+        // A worker still running when the execution was dropped records what it confirms
+        // at once.
+        shared.confirm(created(3));
+        assert_eq!(recorded(&state, 3).expect("recorded").scim_id, "st-3");
+        assert!(matches!(result(&shared, 3), ActionResult::Ok { .. }));
+    }
+
+    #[test]
+    fn a_confirmed_deactivation_is_recorded_on_the_users_record() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = State::open(dir.path()).expect("state");
+        let shared = shared(&state);
+        let mut active = created(5);
+        shared.confirm(created(5));
+        shared.record_pending(Wait::Yes);
+        assert_eq!(
+            recorded(&state, 5).expect("recorded").status,
+            AccountStatus::Active
+        );
+        active.action.op = Op::Deactivate;
+        active.record = Record::Deactivated;
+        shared.confirm(active);
+        shared.record_pending(Wait::Yes);
+        let record = recorded(&state, 5).expect("recorded");
+        assert_eq!(record.status, AccountStatus::Deactivated);
+        assert_eq!(record.scim_id, "st-5");
+    }
 }

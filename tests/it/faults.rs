@@ -208,6 +208,36 @@ async fn a_burst_of_server_errors_is_waited_out_and_the_run_completes() {
     check_accounted(&ws, &fake, &report, &ids(8));
 }
 
+/// The executor records confirmed writes in batches (of 64): across several batches, with
+/// refused users among them, every user reported done is recorded and nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_several_recording_batches_records_every_confirmed_write() {
+    let fake = FakeScim::start().await;
+    let ws = workspace(&fake, 150, "max_in_flight = 8");
+    for i in [10, 70, 130] {
+        fake.fault(
+            Some("POST"),
+            Some(&email(i)),
+            1,
+            FaultKind::Status {
+                status: 400,
+                headers: vec![],
+                body: scim_error(400, Some("invalidValue"), Some("refused for the test"))
+                    .to_string(),
+            },
+        );
+    }
+    let report = sync(&ws, &[], 1);
+    let failed = failed_ids(&report);
+    assert_eq!(
+        failed,
+        ["P10", "P70", "P130"].map(str::to_owned).into(),
+        "{report:#}"
+    );
+    assert_eq!(fake.users().len(), 147);
+    check_accounted(&ws, &fake, &report, &ids(150));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_that_outlast_the_retries_stop_the_run_and_blame_nobody() {
     let fake = FakeScim::start().await;
