@@ -345,7 +345,12 @@ async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
     );
     match output {
         OutputFormat::Text => print!("{}", crate::report::to_text(&outcome)),
-        OutputFormat::Json => println!("{}", pretty(&crate::report::to_json(&outcome))),
+        OutputFormat::Json => {
+            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            if let Err(error) = crate::report::write_json(&outcome, stdout) {
+                tracing::error!(message = "Cannot write the report to standard output.", %error);
+            }
+        }
     }
     Ok(outcome.exit_code())
 }

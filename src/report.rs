@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::executor::ActionResult;
@@ -10,79 +11,142 @@ use crate::plan::{Action, Op};
 use crate::scim::wire;
 use crate::sync::{Mode, RunOutcome};
 
-/// The JSON report.
-pub fn to_json(outcome: &RunOutcome) -> Value {
-    let mut summary = outcome.plan.summary();
-    summary.failed = outcome.failed();
-    let actions: Vec<Value> = outcome
-        .plan
-        .actions
-        .iter()
-        .enumerate()
-        .map(|(index, action)| {
-            let result = outcome
-                .results
-                .as_ref()
-                .and_then(|results| results.get(index));
-            action_json(action, result, &outcome.extension_schema)
-        })
-        .collect();
-    let mut report = json!({
-        "mode": match outcome.mode { Mode::DryRun => "dry-run", Mode::Apply => "applied" },
-        "source": {
-            "kind": outcome.read.kind,
-            "users_read": outcome.read.records_read(),
-            "in_scope": outcome.plan.in_scope,
-            "full": outcome.read.full,
-        },
-        "summary": summary,
-        "actions": actions,
-        "orphans": outcome.plan.orphans,
-        "drift": outcome.plan.drift,
-    });
-    if let Some(object) = report.as_object_mut() {
-        if !outcome.read.warnings.is_empty() {
-            object.insert("warnings".into(), json!(outcome.read.warnings));
-        }
-        if let Some(reason) = &outcome.stopped {
-            object.insert("stopped".into(), json!(reason));
-        }
-    }
-    report
+/// Writes the JSON report, pretty-printed with a final newline, as it serialises it: a first
+/// sync's report holds every created user's document, and built as one `serde_json::Value`
+/// first it cost ≈ 9 KB of memory per create (20,000 creates: 383 MiB peak instead of 209).
+///
+/// # Errors
+/// What writing to `out` returns.
+pub fn write_json(outcome: &RunOutcome, mut out: impl std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut out, &Report(outcome))?;
+    writeln!(out)?;
+    out.flush()
 }
 
-fn action_json(action: &Action, result: Option<&ActionResult>, extension_schema: &str) -> Value {
-    let mut object = match serde_json::to_value(action) {
-        Ok(Value::Object(object)) => object,
-        _ => Map::new(),
-    };
-    if action.op == Op::Create
-        && let Some(attributes) = &action.attributes
-    {
-        object.insert(
-            "payload".into(),
-            wire::user_document(attributes, extension_schema, true),
-        );
+/// The JSON report of an outcome, serialised field by field.
+struct Report<'a>(&'a RunOutcome);
+
+impl Serialize for Report<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let outcome = self.0;
+        let mut summary = outcome.plan.summary();
+        summary.failed = outcome.failed();
+        let mut report = serializer.serialize_map(None)?;
+        report.serialize_entry(
+            "mode",
+            match outcome.mode {
+                Mode::DryRun => "dry-run",
+                Mode::Apply => "applied",
+            },
+        )?;
+        report.serialize_entry(
+            "source",
+            &json!({
+                "kind": outcome.read.kind,
+                "users_read": outcome.read.records_read(),
+                "in_scope": outcome.plan.in_scope,
+                "full": outcome.read.full,
+            }),
+        )?;
+        report.serialize_entry("summary", &summary)?;
+        report.serialize_entry("actions", &Actions(outcome))?;
+        report.serialize_entry("orphans", &outcome.plan.orphans)?;
+        report.serialize_entry("drift", &outcome.plan.drift)?;
+        if !outcome.read.warnings.is_empty() {
+            report.serialize_entry("warnings", &outcome.read.warnings)?;
+        }
+        if let Some(reason) = &outcome.stopped {
+            report.serialize_entry("stopped", reason)?;
+        }
+        report.end()
     }
-    match result {
-        Some(ActionResult::Ok { note, scim_id }) => {
-            object.insert("result".into(), json!("ok"));
-            if let Some(note) = note {
-                object.insert("note".into(), json!(note));
+}
+
+/// The report's actions, each with its result.
+struct Actions<'a>(&'a RunOutcome);
+
+impl Serialize for Actions<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let outcome = self.0;
+        serializer.collect_seq(
+            outcome
+                .plan
+                .actions
+                .iter()
+                .enumerate()
+                .map(|(index, action)| ActionEntry {
+                    action,
+                    result: outcome
+                        .results
+                        .as_ref()
+                        .and_then(|results| results.get(index)),
+                    extension_schema: &outcome.extension_schema,
+                }),
+        )
+    }
+}
+
+/// One action of the report: the action's own fields, a create's document (`payload`), then
+/// its result (`result`, and `note`, `scim_id` or `error`).
+struct ActionEntry<'a> {
+    action: &'a Action,
+    result: Option<&'a ActionResult>,
+    extension_schema: &'a str,
+}
+
+impl Serialize for ActionEntry<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let action = self.action;
+        // The action's own fields are few and small; the document is written straight from
+        // the attributes.
+        let mut object = match serde_json::to_value(action) {
+            Ok(Value::Object(object)) => object,
+            _ => Map::new(),
+        };
+        let own = object.len();
+        let payload = match (action.op, &action.attributes) {
+            (Op::Create, Some(attributes)) => Some(wire::UserDocument::new(
+                attributes,
+                self.extension_schema,
+                true,
+            )),
+            _ => None,
+        };
+        match self.result {
+            Some(ActionResult::Ok { note, scim_id }) => {
+                object.insert("result".into(), json!("ok"));
+                if let Some(note) = note {
+                    object.insert("note".into(), json!(note));
+                }
+                if let Some(scim_id) = scim_id
+                    && !object.contains_key("scim_id")
+                {
+                    object.insert("scim_id".into(), json!(scim_id));
+                }
             }
-            if let Some(scim_id) = scim_id
-                && !object.contains_key("scim_id")
+            Some(ActionResult::Failed { error }) => {
+                object.insert("result".into(), json!("failed"));
+                object.insert("error".into(), json!(error));
+            }
+            Some(ActionResult::NotSent) | None => {}
+        }
+        let mut entry =
+            serializer.serialize_map(Some(object.len() + usize::from(payload.is_some())))?;
+        for (position, (key, value)) in object.iter().enumerate() {
+            if position == own
+                && let Some(payload) = &payload
             {
-                object.insert("scim_id".into(), json!(scim_id));
+                entry.serialize_entry("payload", payload)?;
             }
+            entry.serialize_entry(key, value)?;
         }
-        Some(ActionResult::Failed { error }) => {
-            object.insert("result".into(), json!("failed"));
-            object.insert("error".into(), json!(error));
+        if object.len() == own
+            && let Some(payload) = &payload
+        {
+            entry.serialize_entry("payload", payload)?;
         }
-        Some(ActionResult::NotSent) | None => {}
+        entry.end()
     }
-    Value::Object(object)
 }
 
 /// The text report.
@@ -246,5 +310,125 @@ fn show(value: &Value) -> String {
     match value {
         Value::Null => "(unset)".into(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{Attributes, IdpId, SourceCommit, SourceKind, SourceRead};
+    use crate::plan::Plan;
+
+    const EXTENSION: &str = "urn:ietf:params:scim:schemas:extension:socialtalent:2.0:User";
+
+    fn create(id: &str) -> Action {
+        let attributes: Attributes = serde_json::from_value(json!({
+            "userName": format!("{id}@example.com"),
+            "coreTeam": "Sales",
+            "role": "user",
+        }))
+        .expect("attributes");
+        Action {
+            idp_id: IdpId(id.into()),
+            user_name: format!("{id}@example.com"),
+            attributes: Some(Arc::new(attributes)),
+            ..Action::empty(Op::Create)
+        }
+    }
+
+    fn outcome(actions: Vec<Action>, results: Vec<ActionResult>) -> RunOutcome {
+        RunOutcome {
+            mode: Mode::Apply,
+            read: SourceRead {
+                kind: SourceKind::File,
+                full: true,
+                users: Vec::new(),
+                removed: Vec::new(),
+                rejected: Vec::new(),
+                warnings: vec!["a warning".into()],
+                commit: SourceCommit::default(),
+            },
+            plan: Plan {
+                actions,
+                in_scope: 2,
+                ..Plan::default()
+            },
+            results: Some(results),
+            stopped: Some("the target went away".into()),
+            stats: None,
+            extension_schema: EXTENSION.into(),
+        }
+    }
+
+    fn written(outcome: &RunOutcome) -> String {
+        let mut out = Vec::new();
+        write_json(outcome, &mut out).expect("written");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    #[test]
+    fn the_json_report_has_its_sections_and_each_action_its_document_then_its_result() {
+        let report = outcome(
+            vec![create("u1"), create("u2")],
+            vec![
+                ActionResult::Ok {
+                    note: Some("adopted".into()),
+                    scim_id: Some("st-1".into()),
+                },
+                ActionResult::Failed {
+                    error: "SocialTalent refused it".into(),
+                },
+            ],
+        );
+        let text = written(&report);
+        assert!(text.ends_with("}\n"), "{text}");
+        let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
+        let keys: Vec<&str> = parsed
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "mode", "source", "summary", "actions", "orphans", "drift", "warnings", "stopped"
+            ]
+        );
+        assert_eq!(parsed["mode"], "applied");
+        assert_eq!(parsed["summary"]["create"], 2);
+        assert_eq!(parsed["summary"]["failed"], 1);
+        let first = parsed["actions"][0].as_object().expect("action");
+        let keys: Vec<&str> = first.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "op", "idp_id", "userName", "payload", "result", "note", "scim_id"
+            ]
+        );
+        assert_eq!(first["payload"]["userName"], "u1@example.com");
+        assert_eq!(first["payload"][EXTENSION]["coreTeam"], "Sales");
+        assert_eq!(first["payload"]["active"], true);
+        assert_eq!(first["scim_id"], "st-1");
+        let second = &parsed["actions"][1];
+        assert_eq!(second["result"], "failed");
+        assert_eq!(second["error"], "SocialTalent refused it");
+        assert_eq!(second["payload"]["userName"], "u2@example.com");
+    }
+
+    #[test]
+    fn a_dry_run_report_has_no_results() {
+        let mut report = outcome(vec![create("u1")], Vec::new());
+        report.mode = Mode::DryRun;
+        report.results = None;
+        report.stopped = None;
+        let parsed: Value = serde_json::from_str(&written(&report)).expect("valid JSON");
+        assert_eq!(parsed["mode"], "dry-run");
+        assert!(parsed.get("stopped").is_none());
+        let action = &parsed["actions"][0];
+        assert!(action.get("result").is_none(), "{action}");
+        assert_eq!(action["payload"]["userName"], "u1@example.com");
     }
 }
