@@ -343,14 +343,13 @@ async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
         held = summary.held,
         failed = outcome.failed(),
     );
-    match output {
-        OutputFormat::Text => print!("{}", crate::report::to_text(&outcome)),
-        OutputFormat::Json => {
-            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            if let Err(error) = crate::report::write_json(&outcome, stdout) {
-                tracing::error!(message = "Cannot write the report to standard output.", %error);
-            }
-        }
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match output {
+        OutputFormat::Text => crate::report::write_text(&outcome, stdout),
+        OutputFormat::Json => crate::report::write_json(&outcome, stdout),
+    };
+    if let Err(error) = written {
+        tracing::error!(message = "Cannot write the report to standard output.", %error);
     }
     Ok(outcome.exit_code())
 }

@@ -149,8 +149,13 @@ impl Serialize for ActionEntry<'_> {
     }
 }
 
-/// The text report.
-pub fn to_text(outcome: &RunOutcome) -> String {
+/// Writes the text report. It is built in pieces of at most about 64 KiB, so that a first
+/// sync's report (every created user with its attributes) is never held whole.
+///
+/// # Errors
+/// What writing to `out` returns.
+pub fn write_text(outcome: &RunOutcome, mut to: impl std::io::Write) -> std::io::Result<()> {
+    const PIECE: usize = 1 << 16;
     let mut out = String::new();
     let read = &outcome.read;
     let heading = match outcome.mode {
@@ -177,6 +182,10 @@ pub fn to_text(outcome: &RunOutcome) -> String {
             .as_ref()
             .and_then(|results| results.get(index));
         write_action(&mut out, action, result);
+        if out.len() >= PIECE {
+            to.write_all(out.as_bytes())?;
+            out.clear();
+        }
     }
     if outcome.plan.actions.is_empty() {
         out.push_str("  No changes. SocialTalent matches the source.\n");
@@ -242,7 +251,8 @@ pub fn to_text(outcome: &RunOutcome) -> String {
             "Deactivations held: {reason}. Review them, then run `socialtalent-sync sync --allow-deactivations`."
         );
     }
-    out
+    to.write_all(out.as_bytes())?;
+    to.flush()
 }
 
 fn write_action(out: &mut String, action: &Action, result: Option<&ActionResult>) {
@@ -416,6 +426,41 @@ mod tests {
         assert_eq!(second["result"], "failed");
         assert_eq!(second["error"], "SocialTalent refused it");
         assert_eq!(second["payload"]["userName"], "u2@example.com");
+    }
+
+    #[test]
+    fn a_text_report_larger_than_its_pieces_is_written_whole_and_in_order() {
+        let count = 3000;
+        let actions: Vec<Action> = (0..count).map(|n| create(&format!("u{n:04}"))).collect();
+        let results = vec![
+            ActionResult::Ok {
+                note: None,
+                scim_id: None,
+            };
+            count
+        ];
+        let mut out = Vec::new();
+        write_text(&outcome(actions, results), &mut out).expect("written");
+        let text = String::from_utf8(out).expect("UTF-8");
+        assert!(text.len() > 3 * (1 << 16), "{} bytes", text.len());
+        let creates: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("  + create"))
+            .collect();
+        assert_eq!(creates.len(), count);
+        for (n, line) in creates.iter().enumerate() {
+            assert!(line.contains(&format!("(u{n:04})")), "line {n}: {line}");
+        }
+        assert!(
+            text.starts_with("Sync applied: source file"),
+            "{}",
+            &text[..80]
+        );
+        assert!(
+            text.contains(&format!("Done: {count} to create,")),
+            "no summary at the end"
+        );
+        assert!(text.ends_with("Unsent writes are retried on the next run.\n"));
     }
 
     #[test]
