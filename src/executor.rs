@@ -830,16 +830,16 @@ role = "user"
         let dir = tempfile::tempdir().expect("temp dir");
         let state = State::open(dir.path()).expect("state");
         let shared = shared(&state);
-        let mut active = created(5);
         shared.confirm(created(5));
         shared.record_pending(Wait::Yes);
         assert_eq!(
             recorded(&state, 5).expect("recorded").status,
             AccountStatus::Active
         );
-        active.action.op = Op::Deactivate;
-        active.record = Record::Deactivated;
-        shared.confirm(active);
+        let mut deactivation = created(5);
+        deactivation.action.op = Op::Deactivate;
+        deactivation.record = Record::Deactivated;
+        shared.confirm(deactivation);
         shared.record_pending(Wait::Yes);
         let record = recorded(&state, 5).expect("recorded");
         assert_eq!(record.status, AccountStatus::Deactivated);
