@@ -1354,6 +1354,7 @@ fn bench_planner(settings: &Settings, work: &Path, report: &mut Report) {
                     updated_at: "2025-06-01T03:00:00Z".into(),
                     digest: Some(user.digest),
                     pushed_digest: Some(attributes_digest(attributes.iter())),
+                    not_kept: Vec::new(),
                 }),
             );
         }

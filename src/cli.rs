@@ -661,6 +661,7 @@ async fn preview(
         settings,
         &single,
         &planned.snapshot,
+        &sync::guards(config, &planned.read, &planned.snapshot),
         &tokio_util::sync::CancellationToken::new(),
         &|| {},
     )

@@ -3,7 +3,7 @@
 //! confirmed write in the state (in small batches, within 100 ms), and goes on past
 //! per-user failures.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,9 +14,9 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DeactivateWith, UpdateWith};
-use crate::model::{AccountStatus, Attributes, IdpId, Snapshot, attr};
-use crate::plan::{Action, Op, Plan, diff};
+use crate::config::{DeactivateWith, Protect, UpdateWith};
+use crate::model::{AccountStatus, Attributes, IdpId, Snapshot, TargetUser, attr};
+use crate::plan::{Action, Change, Op, Plan, diff};
 use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::wire;
 use crate::state::{State, StateError, now_rfc3339};
@@ -43,6 +43,8 @@ pub enum ActionResult {
         note: Option<String>,
         /// The SocialTalent id the user now has.
         scim_id: Option<String>,
+        /// Managed attributes SocialTalent did not keep (see [`crate::model::UserRecord::not_kept`]).
+        not_kept: Vec<String>,
     },
     /// It failed; the user is retried on the next run.
     Failed {
@@ -65,7 +67,7 @@ pub struct Execution {
 /// Carries out the plan; returns one result per action, in the plan's order.
 ///
 /// `snapshot` is the state as the plan was made from it: a 409 never adopts an account it
-/// gives to another IdP user, and the records whose attributes the plan replaces lose their
+/// gives to another IdP user (nor one `guards` refuse), and the records whose attributes the plan replaces lose their
 /// digest before anything is sent (see [`State::record_active`]). `on_done` is called once per
 /// finished action (progress), in batches: the driving task counts them every 100 ms.
 ///
@@ -79,12 +81,14 @@ pub struct Execution {
 /// their users' IdP ids (see below); a wave starts when the previous one has finished and its
 /// writes are recorded. If this future is dropped, the workers are aborted (at an `.await`)
 /// and every write already confirmed is recorded before the drop returns.
+#[allow(clippy::too_many_arguments)] // Each is a separate input of the run; a struct would only rename them.
 pub async fn execute(
     client: &ScimClient,
     state: &State,
     settings: WriteSettings,
     plan: &Plan,
     snapshot: &Snapshot,
+    guards: &Guards,
     cancel: &CancellationToken,
     on_done: &(dyn Fn() + Sync),
 ) -> Execution {
@@ -131,6 +135,7 @@ pub async fn execute(
         state: state.clone(),
         settings,
         known,
+        guards: guards.clone(),
         cancel: cancel.clone(),
         stopped: Mutex::new(None),
         results: Mutex::new(vec![ActionResult::NotSent; plan.actions.len()]),
@@ -194,7 +199,7 @@ pub async fn execute(
         let left: Vec<(usize, Action)> = std::mem::take(&mut *lock(&queue));
         for (index, action) in left {
             let error = ActionError::Refused("internal: the executor stopped before it".into());
-            shared.finish(index, &action, Err(error));
+            shared.finish(index, &action, Err(error), Vec::new());
         }
         report_progress(&shared);
     }
@@ -235,6 +240,7 @@ struct Shared {
     state: State,
     settings: WriteSettings,
     known: HashMap<String, IdpId>,
+    guards: Guards,
     cancel: CancellationToken,
     /// Why the run stopped early (a failure that is not about one user), once it has.
     stopped: Mutex<Option<String>>,
@@ -269,8 +275,12 @@ struct Confirmed {
 
 /// What the state must record for a confirmed action.
 enum Record {
-    /// The user's account `scim_id` is active with the action's attributes.
-    Active(String),
+    /// The user's account `scim_id` is active with the action's attributes, of which
+    /// `not_kept` were not kept by SocialTalent.
+    Active {
+        scim_id: String,
+        not_kept: Vec<String>,
+    },
     /// The user's account is deactivated.
     Deactivated,
 }
@@ -311,8 +321,8 @@ async fn work(shared: Arc<Shared>, queue: Arc<Mutex<Vec<(usize, Action)>>>) {
                 done,
                 record,
             }),
-            Ok((done, None)) => shared.finish(index, &action, Ok(done)),
-            Err(error) => shared.finish(index, &action, Err(error)),
+            Ok((done, None)) => shared.finish(index, &action, Ok(done), Vec::new()),
+            Err(error) => shared.finish(index, &action, Err(error), Vec::new()),
         }
     }
 }
@@ -383,16 +393,30 @@ impl Shared {
                         "internal: recording the action in the state panicked".into(),
                     ))
                 });
-                self.finish(index, &action, recorded.map(|()| done));
+                let not_kept = match record {
+                    Record::Active { not_kept, .. } => not_kept,
+                    Record::Deactivated => Vec::new(),
+                };
+                self.finish(index, &action, recorded.map(|()| done), not_kept);
             }
         }
     }
 
     /// Records the outcome of the action at `index`: a systemic failure stops the run, a
     /// per-user one counts towards the user's quarantine.
-    fn finish(&self, index: usize, action: &Action, result: Result<Done, ActionError>) {
+    fn finish(
+        &self,
+        index: usize,
+        action: &Action,
+        result: Result<Done, ActionError>,
+        not_kept: Vec<String>,
+    ) {
         let result = match result {
-            Ok((note, scim_id)) => ActionResult::Ok { note, scim_id },
+            Ok((note, scim_id)) => ActionResult::Ok {
+                note,
+                scim_id,
+                not_kept,
+            },
             Err(error) => {
                 let message = error.to_string();
                 if error.is_systemic() {
@@ -453,7 +477,7 @@ type Sent = (Done, Option<Record>);
 /// Records a confirmed action in the state.
 fn record_confirmed(state: &State, action: &Action, record: &Record) -> Result<(), ActionError> {
     match record {
-        Record::Active(scim_id) => {
+        Record::Active { scim_id, not_kept } => {
             let attributes = desired(action)?;
             let user_name = attributes
                 .get(attr::USER_NAME)
@@ -465,6 +489,7 @@ fn record_confirmed(state: &State, action: &Action, record: &Record) -> Result<(
                 user_name,
                 attributes,
                 action.digest,
+                not_kept,
             )?;
         }
         Record::Deactivated => {
@@ -482,47 +507,60 @@ fn record_confirmed(state: &State, action: &Action, record: &Record) -> Result<(
 /// One action: send it; returns what SocialTalent confirmed, to be recorded.
 async fn carry_out(shared: &Shared, action: &Action) -> Result<Sent, ActionError> {
     let Shared {
-        client,
-        settings,
-        known,
-        ..
+        client, settings, ..
     } = shared;
     let settings = *settings;
     let extension = client.extension_schema();
     match action.op {
         Op::Create => {
             let attributes = desired(action)?;
-            create_or_adopt(client, settings, action, attributes, known).await
+            create_or_adopt(shared, action, attributes).await
         }
         Op::Adopt => {
             // An account found by the read-back: take it over, then update it if it differs.
             let attributes = desired(action)?;
             let scim_id = scim_id(action)?;
-            if !action.changes.is_empty() {
-                send_update(client, settings, action, scim_id, attributes).await?;
-            }
-            Ok((
-                (
-                    Some("adopted an existing account".into()),
-                    Some(scim_id.to_owned()),
-                ),
-                Some(Record::Active(scim_id.to_owned())),
+            let not_kept = if action.changes.is_empty() {
+                action.not_kept.clone()
+            } else {
+                let answered = send_update(shared, scim_id, &action.changes, None).await?;
+                not_kept_by(
+                    answered.as_ref(),
+                    attributes,
+                    &action.changes,
+                    &action.not_kept,
+                )
+            };
+            Ok(confirmed(
+                Some("adopted an existing account".into()),
+                scim_id,
+                not_kept,
             ))
         }
         Op::Update | Op::Reactivate => {
             let attributes = desired(action)?;
             let scim_id = scim_id(action)?;
-            match send_update(client, settings, action, scim_id, attributes).await {
-                Ok(()) => Ok((
-                    (None, Some(scim_id.to_owned())),
-                    Some(Record::Active(scim_id.to_owned())),
+            // Only a rehire (inactive → active in the IdP) makes the account active again; an
+            // update leaves `active` as SocialTalent holds it (an account deactivated there by
+            // hand stays so).
+            let active = (action.op == Op::Reactivate).then_some(true);
+            match send_update(shared, scim_id, &action.changes, active).await {
+                Ok(answered) => Ok(confirmed(
+                    None,
+                    scim_id,
+                    not_kept_by(
+                        answered.as_ref(),
+                        attributes,
+                        &action.changes,
+                        &action.not_kept,
+                    ),
                 )),
                 Err(ScimError::NotFound { .. }) => {
                     // The account vanished in SocialTalent: create it again. A crash after an
                     // earlier re-creation may have left one that the state does not know, so a
                     // 409 adopts it like any create.
                     let ((note, scim_id), record) =
-                        create_or_adopt(client, settings, action, attributes, known).await?;
+                        create_or_adopt(shared, action, attributes).await?;
                     let note = note.unwrap_or_else(|| {
                         "the account had vanished in SocialTalent; created again".into()
                     });
@@ -535,11 +573,13 @@ async fn carry_out(shared: &Shared, action: &Action) -> Result<Sent, ActionError
             let scim_id = scim_id(action)?;
             let sent = match settings.deactivate_with {
                 DeactivateWith::Delete => client.delete(scim_id).await,
-                DeactivateWith::Patch => {
-                    client
-                        .patch(scim_id, &wire::patch_document(&[], extension, Some(false)))
-                        .await
-                }
+                DeactivateWith::Patch => client
+                    .patch(
+                        scim_id,
+                        &wire::patch_document(&[], extension, Some(false), None),
+                    )
+                    .await
+                    .map(drop),
             };
             let note = match sent {
                 Ok(()) => None,
@@ -550,62 +590,115 @@ async fn carry_out(shared: &Shared, action: &Action) -> Result<Sent, ActionError
             };
             Ok(((note, Some(scim_id.to_owned())), Some(Record::Deactivated)))
         }
-        Op::Held | Op::Skip | Op::Writeback => Ok(((None, None), None)),
+        Op::Held | Op::Skip | Op::Writeback | Op::Protected => Ok(((None, None), None)),
     }
 }
 
-/// Sends an update (or a reactivation) the configured way: a `PUT` of the whole document,
-/// keeping what the read-back saw beyond our attributes, or a `PATCH` of the changes.
+/// What an update or adoption confirmed: the account `scim_id` is active with the action's
+/// attributes, `not_kept` aside.
+fn confirmed(note: Option<String>, scim_id: &str, not_kept: Vec<String>) -> Sent {
+    (
+        (note, Some(scim_id.to_owned())),
+        Some(Record::Active {
+            scim_id: scim_id.to_owned(),
+            not_kept,
+        }),
+    )
+}
+
+/// Sends exactly `changes` (and `active`, when given) to the account `scim_id`, the
+/// configured way, and returns the account as the server answered it, when it did.
+///
+/// `PUT`: the account is read first (`GET /Users/{id}`, through the limiter) and sent back as
+/// read with only the changes applied ([`wire::updated_document`]): nothing the mapping does
+/// not manage is lost, and nothing the plan did not decide is written. When the read gives a
+/// version (`ETag` or `meta.version`) the `PUT` carries `If-Match`; a `412` reads again and
+/// tries once more, a second one fails the user for this run.
+///
+/// `PATCH`: one operation per change; the account is read first only when `emails` or
+/// `phoneNumbers` change, to know whether it has a `work` entry and a primary one.
 async fn send_update(
-    client: &ScimClient,
-    settings: WriteSettings,
-    action: &Action,
+    shared: &Shared,
     scim_id: &str,
-    attributes: &Attributes,
-) -> Result<(), ScimError> {
+    changes: &[Change],
+    active: Option<bool>,
+) -> Result<Option<TargetUser>, ScimError> {
+    let client = &shared.client;
     let extension = client.extension_schema();
-    match settings.update_with {
+    match shared.settings.update_with {
         UpdateWith::Put => {
-            let document = match &action.keep {
-                Some(kept) => wire::user_document_keeping(
-                    attributes,
-                    extension,
-                    true,
-                    &kept.attributes,
-                    &kept.extras,
-                ),
-                None => wire::user_document(attributes, extension, true),
-            };
-            client.replace(scim_id, &document).await
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (account, version) = client.get_user(scim_id).await?;
+                let document = wire::updated_document(&account, changes, extension, active);
+                match client.replace(scim_id, &document, version.as_deref()).await {
+                    Err(ScimError::PreconditionFailed { .. }) if attempt < 2 => {
+                        tracing::info!(
+                            message = "The account changed while it was updated; reading it again.",
+                            scim_id
+                        );
+                    }
+                    answered => return answered,
+                }
+            }
         }
         UpdateWith::Patch => {
-            let reactivate = action.op == Op::Reactivate
-                && !action
-                    .changes
-                    .iter()
-                    .any(|change| change.attribute == "active");
-            let body = wire::patch_document(&action.changes, extension, reactivate.then_some(true));
+            let touches_entries = changes
+                .iter()
+                .any(|change| matches!(change.attribute.as_str(), "emails" | "phoneNumbers"));
+            let account = match touches_entries {
+                true => Some(client.get_user(scim_id).await?.0),
+                false => None,
+            };
+            let body = wire::patch_document(changes, extension, active, account.as_ref());
             client.patch(scim_id, &body).await
         }
     }
 }
 
+/// The managed attributes SocialTalent did not keep, judged from a write's answer: those the
+/// user should have (`attributes`) that the answered account lacks. Without an answer (a
+/// `PATCH` answered `204`), what was known before stands for the attributes this write did not
+/// change; the others are judged by the next read-back.
+fn not_kept_by(
+    answered: Option<&TargetUser>,
+    attributes: &Attributes,
+    changes: &[Change],
+    before: &[String],
+) -> Vec<String> {
+    match answered {
+        Some(account) => attributes
+            .keys()
+            .filter(|name| !account.attributes.contains_key(*name))
+            .cloned()
+            .collect(),
+        None => before
+            .iter()
+            .filter(|name| !changes.iter().any(|change| &change.attribute == *name))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Creates the account; on `409` (it exists already) adopts it, under the same guards as the
+/// read-back's adoption, and sends what differs.
 async fn create_or_adopt(
-    client: &ScimClient,
-    settings: WriteSettings,
+    shared: &Shared,
     action: &Action,
     attributes: &Attributes,
-    known: &HashMap<String, IdpId>,
 ) -> Result<Sent, ActionError> {
+    let client = &shared.client;
     let extension = client.extension_schema();
     let document = wire::UserDocument::new(attributes, extension, true);
     match client.create(&document).await {
-        Ok(created_id) => Ok((
-            (None, Some(created_id.clone())),
-            Some(Record::Active(created_id)),
+        Ok((created_id, answered)) => Ok(confirmed(
+            None,
+            &created_id,
+            not_kept_by(answered.as_ref(), attributes, &[], &[]),
         )),
         Err(ScimError::Conflict { detail }) => {
-            // The account exists: adopt it instead of creating a duplicate.
+            // The account exists: adopt it instead of creating a duplicate, if it may be ours.
             let existing = client
                 .find_by_user_name(&action.user_name)
                 .await?
@@ -615,7 +708,8 @@ async fn create_or_adopt(
                         action.user_name
                     ))
                 })?;
-            if let Some(owner) = known
+            if let Some(owner) = shared
+                .known
                 .get(&existing.id)
                 .filter(|owner| **owner != action.idp_id)
             {
@@ -624,27 +718,57 @@ async fn create_or_adopt(
                     action.user_name
                 )));
             }
-            match settings.update_with {
-                UpdateWith::Put => client.replace(&existing.id, &document).await?,
-                UpdateWith::Patch => {
-                    let changes = diff(&existing.attributes, attributes);
-                    let changes: Vec<_> = changes
-                        .into_iter()
-                        .filter(|change| !change.to.is_null())
-                        .collect();
-                    let body = wire::patch_document(&changes, extension, Some(true));
-                    client.patch(&existing.id, &body).await?;
-                }
-            }
-            Ok((
-                (
-                    Some("an account with this userName existed; adopted and updated".into()),
-                    Some(existing.id.clone()),
-                ),
-                Some(Record::Active(existing.id)),
+            shared.guards.may_adopt(&existing, &action.idp_id)?;
+            let current: Attributes = existing
+                .attributes
+                .iter()
+                .filter(|(name, _)| shared.guards.managed.contains(*name))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            let changes = diff(&current, attributes);
+            let answered = send_update(shared, &existing.id, &changes, Some(true)).await?;
+            Ok(confirmed(
+                Some("an account with this userName existed; adopted and updated".into()),
+                &existing.id,
+                not_kept_by(answered.as_ref(), attributes, &changes, &[]),
             ))
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+/// What the executor checks before it takes over an account it finds by a `409`: the same
+/// guards as the read-back's adoption.
+#[derive(Debug, Clone, Default)]
+pub struct Guards {
+    /// The attributes the mapping manages: the only ones an adoption compares and sends.
+    pub managed: Vec<String>,
+    /// Every IdP id the run knows (read from the source, or in the state): an account whose
+    /// `externalId` is one of them belongs to that user.
+    pub known_ids: HashSet<String>,
+    /// `[safety] protect`.
+    pub protect: Protect,
+}
+
+impl Guards {
+    /// Whether `account` may become `idp_id`'s.
+    fn may_adopt(&self, account: &TargetUser, idp_id: &IdpId) -> Result<(), ActionError> {
+        if self.protect.covers(&account.user_name) {
+            return Err(ActionError::Refused(format!(
+                "the account with userName {} is protected by [safety] protect; not adopted",
+                account.user_name
+            )));
+        }
+        if let Some(external_id) = account.external_id.as_deref()
+            && external_id != idp_id.0
+            && self.known_ids.contains(external_id)
+        {
+            return Err(ActionError::Refused(format!(
+                "the account with userName {} has externalId {external_id}, another IdP user's; not adopted (resolve by hand)",
+                account.user_name
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -656,6 +780,11 @@ fn note_failure(state: &State, settings: WriteSettings, action: &Action, error: 
         idp_id = %action.idp_id,
         %error
     );
+    // An orphan's account has no IdP user: there is nobody to count the failure for (and all
+    // orphans would otherwise share one counter under the empty id).
+    if action.idp_id.0.is_empty() {
+        return;
+    }
     match state.record_failure(&action.idp_id, &action.user_name, error) {
         Ok(count) if count >= settings.quarantine_after => tracing::warn!(
             message = "User quarantined after repeated failures; retried on full runs.",
@@ -731,6 +860,7 @@ role = "user"
                 quarantine_after: 3,
             },
             known: HashMap::new(),
+            guards: Guards::default(),
             cancel: CancellationToken::new(),
             stopped: Mutex::new(None),
             results: Mutex::new(vec![ActionResult::NotSent; 2 * RECORD_BATCH]),
@@ -758,7 +888,10 @@ role = "user"
             index: n,
             action,
             done: (None, Some(format!("st-{n}"))),
-            record: Record::Active(format!("st-{n}")),
+            record: Record::Active {
+                scim_id: format!("st-{n}"),
+                not_kept: Vec::new(),
+            },
         }
     }
 
@@ -796,7 +929,8 @@ role = "user"
                 result(&shared, n),
                 ActionResult::Ok {
                     note: None,
-                    scim_id: Some(format!("st-{n}"))
+                    scim_id: Some(format!("st-{n}")),
+                    not_kept: Vec::new(),
                 }
             );
         }

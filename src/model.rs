@@ -522,14 +522,12 @@ pub struct TargetUser {
     pub external_id: Option<String>,
     /// `active` (absent counts as active, as RFC 7643 leaves it to the provider).
     pub active: bool,
-    /// Every readable attribute (core, `name.*`, extension) by mapping name; `emails` is the
-    /// primary address.
+    /// Every readable attribute (core, `name.*`, extension) by mapping name; `emails` and
+    /// `phoneNumbers` are the value of their `work` entry (the one the mapping manages).
     pub attributes: Attributes,
-    /// Other top-level attributes, kept as they are for `PUT`.
-    pub extras: serde_json::Map<String, Value>,
     /// Set when the read-back found this account holding exactly what the state says we
     /// pushed for an unchanged user: the fingerprint of its managed attributes. `attributes`
-    /// and `extras` were then dropped to save memory, as nothing in the plan reads them.
+    /// were then dropped to save memory, as nothing in the plan reads them.
     pub compacted: Option<Digest>,
 }
 
@@ -564,6 +562,10 @@ pub struct UserRecord {
     /// The fingerprint of `pushed` ([`attributes_digest`]); the state sets it on every write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_digest: Option<Digest>,
+    /// Managed attributes of `pushed` that SocialTalent did not keep (the write's answer, or
+    /// a later read, lacked them): not sent again while their mapped value stays the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_kept: Vec<String>,
 }
 
 /// One provisioned IdP user as the planner sees it: a [`UserRecord`] whose attributes are
@@ -580,6 +582,9 @@ pub struct KnownUser {
     pub digest: Option<Digest>,
     /// See [`UserRecord::pushed_digest`].
     pub pushed_digest: Option<Digest>,
+    /// See [`UserRecord::not_kept`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_kept: Vec<String>,
     /// The attributes last confirmed by SocialTalent, when loaded
     /// ([`crate::state::State::load_pushed`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -594,6 +599,7 @@ impl From<UserRecord> for KnownUser {
             status: record.status,
             digest: record.digest,
             pushed_digest: record.pushed_digest,
+            not_kept: record.not_kept,
             pushed: Some(std::sync::Arc::new(record.pushed)),
         }
     }

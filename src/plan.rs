@@ -37,6 +37,8 @@ pub enum Op {
     Writeback,
     /// A user that cannot be handled this run (the reason is in `error`).
     Skip,
+    /// An account `[safety] protect` keeps as it is: never written to, adopted or deactivated.
+    Protected,
 }
 
 impl Op {
@@ -88,13 +90,13 @@ pub struct Action {
     /// Execution wave: managers (wave 0) are created before their reports (wave 1, …).
     #[serde(skip)]
     pub wave: u32,
-    /// What a `PUT` must keep (read-back runs).
-    #[serde(skip)]
-    pub keep: Option<std::sync::Arc<Kept>>,
     /// The fingerprint of the source user and mapping the attributes come from, recorded
     /// with them once SocialTalent confirms the write.
     #[serde(skip)]
     pub digest: Option<Digest>,
+    /// The managed attributes SocialTalent did not keep before this action (from the state).
+    #[serde(skip)]
+    pub not_kept: Vec<String>,
 }
 
 impl Action {
@@ -110,8 +112,8 @@ impl Action {
             reason: None,
             error: None,
             wave: 0,
-            keep: None,
             digest: None,
+            not_kept: Vec::new(),
         }
     }
 }
@@ -135,6 +137,11 @@ pub struct Plan {
     /// current digest (an older state, or a source change that maps to the same values): the
     /// state records the digest so that the next run recognises them without mapping.
     pub refresh: Vec<(IdpId, Digest)>,
+    /// Users whose account lacks managed attributes SocialTalent did not keep, with those
+    /// attributes (the report warns once per attribute).
+    pub not_kept: BTreeMap<IdpId, Vec<String>>,
+    /// What the plan noticed that is worth a warning (attributes no longer managed).
+    pub warnings: Vec<String>,
 }
 
 /// One attribute changed in SocialTalent since we pushed it.
@@ -168,16 +175,6 @@ pub struct Orphan {
     pub external_id: Option<String>,
 }
 
-/// What SocialTalent holds beyond the attributes we manage, kept when an update replaces the
-/// whole account (`PUT`).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Kept {
-    /// Readable attributes the mapping does not manage.
-    pub attributes: Attributes,
-    /// Other top-level attributes.
-    pub extras: serde_json::Map<String, Value>,
-}
-
 /// Counts of a plan, as in the report's `summary`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -206,6 +203,10 @@ pub struct Summary {
     pub orphans: usize,
     /// IdP write-backs.
     pub writebacks: usize,
+    /// Users (or accounts) kept as they are by `[safety] protect`.
+    pub protected: usize,
+    /// Users with at least one managed attribute SocialTalent did not keep.
+    pub not_kept: usize,
 }
 
 impl Plan {
@@ -214,6 +215,7 @@ impl Plan {
         let mut summary = Summary {
             unchanged: self.unchanged,
             orphans: self.orphans.len(),
+            not_kept: self.not_kept.len(),
             ..Summary::default()
         };
         for action in &self.actions {
@@ -231,9 +233,28 @@ impl Plan {
                 Op::Held => summary.held += 1,
                 Op::Writeback => summary.writebacks += 1,
                 Op::Skip => summary.skipped += 1,
+                Op::Protected => summary.protected += 1,
             }
         }
         summary
+    }
+
+    /// The warnings of the report: what the plan noticed, then one per attribute SocialTalent
+    /// did not keep, with the number of users.
+    pub fn all_warnings(&self) -> Vec<String> {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for attributes in self.not_kept.values() {
+            for attribute in attributes {
+                *counts.entry(attribute.as_str()).or_default() += 1;
+            }
+        }
+        let mut warnings = self.warnings.clone();
+        for (attribute, users) in counts {
+            warnings.push(format!(
+                "{attribute}: not kept by the target for {users} user(s) (it does not declare it? `check-config --connect` lists the attributes the target does not declare); not sent again until its mapped value changes"
+            ));
+        }
+        warnings
     }
 
     /// Whether the plan has nothing to send.
@@ -323,7 +344,11 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
             None => HashSet::new(),
         },
         claimed: HashSet::new(),
+        protected: HashSet::new(),
+        protect: &safety.protect,
     };
+    // Attributes a stored push holds that the mapping no longer manages, with how many users.
+    let mut unmanaged: BTreeMap<String, usize> = BTreeMap::new();
 
     for user in mapped {
         seen.push(&user.idp_id);
@@ -350,6 +375,17 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                     ));
                     continue;
                 }
+                if let Some(record) = record
+                    && safety.protect.covers(&record.user_name)
+                {
+                    plan.actions.push(protected(
+                        &user.idp_id,
+                        &record.user_name,
+                        Some(&record.scim_id),
+                        &mut context,
+                    ));
+                    continue;
+                }
                 if user.decision == Decision::Unchanged
                     && let Some(record) = record
                     && unchanged_at_target(user, record, target.as_ref(), inputs.managed)
@@ -357,13 +393,36 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                     plan.unchanged += 1;
                     continue;
                 }
-                let attributes = match desired(user, record) {
+                let attributes = match desired(user, record, inputs.managed) {
                     Ok(attributes) => attributes,
                     Err(error) => {
                         plan.actions.push(skip(user, record, error));
                         continue;
                     }
                 };
+                let attributes = &attributes;
+                if let Some(name) = user_name_of(attributes)
+                    && safety.protect.covers(name)
+                {
+                    plan.actions.push(protected(
+                        &user.idp_id,
+                        name,
+                        record.map(|record| record.scim_id.as_str()),
+                        &mut context,
+                    ));
+                    continue;
+                }
+                // `coreTeam` and `role` are never cleared: a user whose mandatory value renders
+                // empty is skipped on every path, and the account stays as it is.
+                if let Some(error) = missing_mandatory(attributes, inputs.managed) {
+                    plan.actions.push(skip(user, record, error));
+                    continue;
+                }
+                if let Some(record) = record
+                    && let Some(pushed) = &record.pushed
+                {
+                    note_unmanaged(pushed, inputs.managed, &mut unmanaged);
+                }
                 if let Some(other) = conflicts.get(&user.idp_id) {
                     plan.actions.push(skip(
                         user,
@@ -378,7 +437,14 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                 let user_name = user_name_of(attributes).unwrap_or(&user.label).to_owned();
                 let planned = match (record, &target) {
                     (Some(record), None) => match &record.pushed {
-                        Some(pushed) => against_state(user, &user_name, record, pushed, attributes),
+                        Some(pushed) => against_state(
+                            user,
+                            &user_name,
+                            record,
+                            pushed,
+                            attributes,
+                            inputs.managed,
+                        ),
                         None => Some(skip(user, Some(record), NOT_LOADED.into())),
                     },
                     (Some(record), Some(index)) => match index.by_id.get(record.scim_id.as_str()) {
@@ -421,6 +487,9 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                         if action.attributes.is_some() {
                             action.digest = Some(user.digest);
                         }
+                        if let Some(record) = record {
+                            action.not_kept = record.not_kept.clone();
+                        }
                         plan.actions.push(action);
                     }
                     None => {
@@ -440,8 +509,13 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                     } else {
                         "left scope"
                     };
-                    plan.actions
-                        .push(deactivation(&user.idp_id, record, reason));
+                    plan.actions.push(deactivation_unless_protected(
+                        &user.idp_id,
+                        record,
+                        reason,
+                        safety,
+                        &mut context,
+                    ));
                 }
             }
         }
@@ -464,8 +538,8 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
             reason: None,
             error: Some(format!("{}: {}", rejected.location, rejected.error)),
             wave: 0,
-            keep: None,
             digest: None,
+            not_kept: Vec::new(),
         });
     }
 
@@ -486,20 +560,46 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
             continue;
         }
         if removed.contains(idp_id) {
-            plan.actions
-                .push(deactivation(idp_id, record, "removed in source"));
+            plan.actions.push(deactivation_unless_protected(
+                idp_id,
+                record,
+                "removed in source",
+                safety,
+                &mut context,
+            ));
         } else if read.full {
-            plan.actions
-                .push(deactivation(idp_id, record, "no longer in source"));
+            plan.actions.push(deactivation_unless_protected(
+                idp_id,
+                record,
+                "no longer in source",
+                safety,
+                &mut context,
+            ));
         }
     }
 
     if let Some(index) = &target {
+        // Any IdP user the source returned (in scope or not, skipped, quarantined, one of an
+        // ambiguous pair, a record it could not read) protects every account it matches by an
+        // adoption key: only an account that matches nobody is an orphan.
+        let matched = SourceKeys::of(read, inputs.mapped, state);
         for account in index.accounts {
             if !account.active
                 || context.owners.contains_key(account.id.as_str())
                 || context.claimed.contains(account.id.as_str())
+                || matched.covers(account)
             {
+                continue;
+            }
+            if safety.protect.covers(&account.user_name) {
+                if !context.protected.contains(account.id.as_str()) {
+                    plan.actions.push(protected(
+                        &IdpId(String::new()),
+                        &account.user_name,
+                        Some(&account.id),
+                        &mut context,
+                    ));
+                }
                 continue;
             }
             plan.orphans.push(Orphan {
@@ -519,6 +619,18 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
             }
         }
     }
+
+    for (attribute, users) in unmanaged {
+        plan.warnings.push(format!(
+            "{attribute}: no longer in [mapping], so no longer managed: never sent or cleared again, left as each account holds it ({users} user(s) had a value from an earlier mapping)"
+        ));
+    }
+    plan.not_kept = state
+        .users
+        .iter()
+        .filter(|(_, record)| record.status == AccountStatus::Active && !record.not_kept.is_empty())
+        .map(|(idp_id, record)| (idp_id.clone(), record.not_kept.clone()))
+        .collect();
 
     plan.held_reason = hold_reason(read, state, safety, &plan);
     if let Some(reason) = &plan.held_reason
@@ -584,6 +696,10 @@ struct Context<'a> {
     known_ids: HashSet<&'a str>,
     /// Accounts adopted in this run.
     claimed: HashSet<String>,
+    /// Accounts listed as protected in this run.
+    protected: HashSet<String>,
+    /// `[safety] protect`.
+    protect: &'a crate::config::Protect,
 }
 
 /// SocialTalent's accounts by the keys adoption matches on.
@@ -642,13 +758,16 @@ fn against_state(
     record: &KnownUser,
     pushed: &Attributes,
     attributes: &Arc<Attributes>,
+    managed: &[String],
 ) -> Option<Action> {
     // Equal maps need no field-by-field diff (values are kept normalised, so equal means
     // unchanged).
     if record.status == AccountStatus::Active && pushed == &**attributes {
         return None;
     }
-    let changes = diff(pushed, attributes);
+    // Only what the mapping manages now is compared: an attribute that left the mapping is
+    // neither sent nor cleared.
+    let changes = diff(&managed_part(pushed, managed), attributes);
     let op = match record.status {
         AccountStatus::Deactivated => Op::Reactivate,
         AccountStatus::Active if changes.is_empty() => return None,
@@ -675,18 +794,6 @@ fn managed_part(attributes: &Attributes, managed: &[String]) -> Attributes {
         .collect()
 }
 
-fn kept(account: &TargetUser, managed: &[String]) -> Option<std::sync::Arc<Kept>> {
-    Some(std::sync::Arc::new(Kept {
-        attributes: account
-            .attributes
-            .iter()
-            .filter(|(name, _)| !managed.contains(name))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect(),
-        extras: account.extras.clone(),
-    }))
-}
-
 fn same(attribute: &str, left: Option<&Value>, right: Option<&Value>) -> bool {
     match (left, right) {
         (Some(left), Some(right)) => same_value(attribute, left, right),
@@ -708,7 +815,25 @@ fn against_account(
     context: &mut Context<'_>,
     drift: &mut Vec<Drift>,
 ) -> Option<Action> {
-    let current = managed_part(&account.attributes, context.managed);
+    if context.protect.covers(&account.user_name) {
+        return Some(protected(
+            &user.idp_id,
+            &account.user_name,
+            Some(&account.id),
+            context,
+        ));
+    }
+    let mut current = managed_part(&account.attributes, context.managed);
+    // A value SocialTalent did not keep is not sent again (nor taken for drift) while its
+    // mapped value stays what we sent.
+    for name in &record.not_kept {
+        if !current.contains_key(name)
+            && let Some(ours) = pushed.get(name)
+            && same(name, Some(ours), attributes.get(name))
+        {
+            current.insert(name.clone(), ours.clone());
+        }
+    }
     let repair = context.drift_policy == DriftPolicy::Repair;
     let mut drifted = Vec::new();
     for name in context.managed {
@@ -796,7 +921,6 @@ fn against_account(
         attributes: Some(attributes.clone()),
         changes,
         reason,
-        keep: kept(account, context.managed),
         ..Action::empty(op)
     })
 }
@@ -878,6 +1002,12 @@ fn adopt_or_create(
         None => Match::None,
     };
     match found {
+        Match::One(account) if context.protect.covers(&account.user_name) => Some(protected(
+            &user.idp_id,
+            &account.user_name,
+            Some(&account.id),
+            context,
+        )),
         Match::One(account) => {
             context.claimed.insert(account.id.clone());
             let current = managed_part(&account.attributes, context.managed);
@@ -897,7 +1027,6 @@ fn adopt_or_create(
                 attributes: Some(attributes.clone()),
                 changes,
                 reason: reason.map(str::to_owned),
-                keep: kept(account, context.managed),
                 ..Action::empty(Op::Adopt)
             })
         }
@@ -951,16 +1080,140 @@ const NOT_LOADED: &str =
 
 /// The attributes a provisioned user should have: the mapped ones, or (when unchanged) the
 /// ones SocialTalent last confirmed.
-fn desired<'a>(
-    user: &'a MappedUser,
-    record: Option<&'a KnownUser>,
-) -> Result<&'a Arc<Attributes>, String> {
+fn desired(
+    user: &MappedUser,
+    record: Option<&KnownUser>,
+    managed: &[String],
+) -> Result<Arc<Attributes>, String> {
     match (&user.decision, record) {
-        (Decision::Provision(attributes), _) => Ok(attributes),
+        (Decision::Provision(attributes), _) => Ok(attributes.clone()),
         (Decision::Unchanged, Some(record)) => {
-            record.pushed.as_ref().ok_or_else(|| NOT_LOADED.into())
+            let pushed = record
+                .pushed
+                .as_ref()
+                .ok_or_else(|| NOT_LOADED.to_owned())?;
+            // An attribute that left the mapping is not ours any more.
+            if pushed.keys().all(|name| managed.contains(name)) {
+                Ok(pushed.clone())
+            } else {
+                Ok(Arc::new(managed_part(pushed, managed)))
+            }
         }
         _ => Err("internal: an unchanged user without a state record; retried next run".into()),
+    }
+}
+
+/// `coreTeam` and `role` are never cleared (SPEC §2: mandatory): when the mapping manages
+/// one and it renders empty, the user is skipped with this message on every path.
+fn missing_mandatory(attributes: &Attributes, managed: &[String]) -> Option<String> {
+    [attr::CORE_TEAM, attr::ROLE]
+        .into_iter()
+        .find(|name| managed.iter().any(|m| m == name) && !attributes.contains_key(*name))
+        .map(|name| format!("{name} is empty; it is mandatory on create"))
+}
+
+/// Counts the attributes of a stored push that the mapping no longer manages.
+fn note_unmanaged(
+    pushed: &Attributes,
+    managed: &[String],
+    unmanaged: &mut BTreeMap<String, usize>,
+) {
+    for name in pushed.keys() {
+        if !managed.contains(name) {
+            *unmanaged.entry(name.clone()).or_default() += 1;
+        }
+    }
+}
+
+/// The action of an account `[safety] protect` keeps as it is (listed once per run).
+fn protected(
+    idp_id: &IdpId,
+    user_name: &str,
+    scim_id: Option<&str>,
+    context: &mut Context<'_>,
+) -> Action {
+    if let Some(scim_id) = scim_id {
+        context.protected.insert(scim_id.to_owned());
+    }
+    Action {
+        op: Op::Protected,
+        idp_id: idp_id.clone(),
+        user_name: user_name.to_owned(),
+        scim_id: scim_id.map(str::to_owned),
+        reason: Some("protected by [safety] protect: never changed, adopted or deactivated".into()),
+        ..Action::empty(Op::Protected)
+    }
+}
+
+/// A leaver's deactivation, unless `[safety] protect` keeps the account.
+fn deactivation_unless_protected(
+    idp_id: &IdpId,
+    record: &KnownUser,
+    reason: &str,
+    safety: &SafetyConfig,
+    context: &mut Context<'_>,
+) -> Action {
+    if safety.protect.covers(&record.user_name) {
+        protected(idp_id, &record.user_name, Some(&record.scim_id), context)
+    } else {
+        deactivation(idp_id, record, reason)
+    }
+}
+
+/// The adoption keys of every IdP user the source returned, whatever the plan does with them:
+/// their ids (`externalId`), names and emails (case-insensitive).
+struct SourceKeys<'a> {
+    ids: HashSet<&'a str>,
+    names: HashSet<String>,
+}
+
+impl<'a> SourceKeys<'a> {
+    fn of(read: &'a SourceRead, mapped: &'a [MappedUser], state: &'a Snapshot) -> SourceKeys<'a> {
+        let mut ids: HashSet<&str> = HashSet::new();
+        let mut names: HashSet<String> = HashSet::new();
+        let note_record = |idp_id: &IdpId, names: &mut HashSet<String>| {
+            if let Some(record) = state.users.get(idp_id) {
+                names.insert(fold_user_name(&record.user_name));
+            }
+        };
+        for user in &read.users {
+            ids.insert(user.id.0.as_str());
+            for key in [&user.login, &user.email].into_iter().flatten() {
+                names.insert(fold_user_name(key));
+            }
+            note_record(&user.id, &mut names);
+        }
+        for rejected in &read.rejected {
+            if let Some(idp_id) = &rejected.idp_id {
+                ids.insert(idp_id.0.as_str());
+                note_record(idp_id, &mut names);
+            }
+        }
+        for user in mapped {
+            ids.insert(user.idp_id.0.as_str());
+            if let Decision::Provision(attributes) = &user.decision {
+                for name in [attr::USER_NAME, "emails"] {
+                    if let Some(value) = attributes.get(name).and_then(Value::as_str) {
+                        names.insert(fold_user_name(value));
+                    }
+                }
+            }
+        }
+        SourceKeys { ids, names }
+    }
+
+    /// Whether `account` matches one of these users by an adoption key.
+    fn covers(&self, account: &TargetUser) -> bool {
+        account
+            .external_id
+            .as_deref()
+            .is_some_and(|external_id| self.ids.contains(external_id))
+            || self.names.contains(&fold_user_name(&account.user_name))
+            || account
+                .attributes
+                .get("emails")
+                .and_then(Value::as_str)
+                .is_some_and(|email| self.names.contains(&fold_user_name(email)))
     }
 }
 
@@ -1043,7 +1296,6 @@ impl<'a> Compactor<'a> {
         let digest = account_digest(&account, self.managed);
         if digest == *pushed {
             account.attributes = Attributes::new();
-            account.extras = serde_json::Map::new();
             account.compacted = Some(digest);
         }
         account
@@ -1095,8 +1347,8 @@ fn skip(user: &MappedUser, record: Option<&KnownUser>, error: String) -> Action 
         reason: None,
         error: Some(error),
         wave: 0,
-        keep: None,
         digest: None,
+        not_kept: Vec::new(),
     }
 }
 
@@ -1111,8 +1363,8 @@ fn deactivation(idp_id: &IdpId, record: &KnownUser, reason: &str) -> Action {
         reason: Some(reason.to_owned()),
         error: None,
         wave: 0,
-        keep: None,
         digest: None,
+        not_kept: Vec::new(),
     }
 }
 
@@ -1293,6 +1545,7 @@ fn report_rank(op: Op) -> u8 {
         Op::Held => 5,
         Op::Writeback => 6,
         Op::Skip => 7,
+        Op::Protected => 8,
     }
 }
 

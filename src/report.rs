@@ -52,8 +52,10 @@ impl Serialize for Report<'_> {
         report.serialize_entry("actions", &Actions(outcome))?;
         report.serialize_entry("orphans", &outcome.plan.orphans)?;
         report.serialize_entry("drift", &outcome.plan.drift)?;
-        if !outcome.read.warnings.is_empty() {
-            report.serialize_entry("warnings", &outcome.read.warnings)?;
+        let mut warnings = outcome.read.warnings.clone();
+        warnings.extend(outcome.plan.all_warnings());
+        if !warnings.is_empty() {
+            report.serialize_entry("warnings", &warnings)?;
         }
         if let Some(reason) = &outcome.stopped {
             report.serialize_entry("stopped", reason)?;
@@ -113,7 +115,7 @@ impl Serialize for ActionEntry<'_> {
             _ => None,
         };
         match self.result {
-            Some(ActionResult::Ok { note, scim_id }) => {
+            Some(ActionResult::Ok { note, scim_id, .. }) => {
                 object.insert("result".into(), json!("ok"));
                 if let Some(note) = note {
                     object.insert("note".into(), json!(note));
@@ -170,10 +172,12 @@ pub fn write_text(outcome: &RunOutcome, mut to: impl std::io::Write) -> std::io:
         outcome.plan.in_scope,
         if read.full { "full" } else { "incremental" }
     );
-    for warning in &read.warnings {
+    let mut warnings = read.warnings.clone();
+    warnings.extend(outcome.plan.all_warnings());
+    for warning in &warnings {
         let _ = writeln!(out, "  warning: {warning}");
     }
-    if !read.warnings.is_empty() {
+    if !warnings.is_empty() {
         out.push('\n');
     }
     for (index, action) in outcome.plan.actions.iter().enumerate() {
@@ -265,6 +269,7 @@ fn write_action(out: &mut String, action: &Action, result: Option<&ActionResult>
         Op::Held => ("!", "held"),
         Op::Writeback => (">", "writeback"),
         Op::Skip => ("?", "skip"),
+        Op::Protected => ("#", "protected"),
     };
     let id = if action.idp_id.0.is_empty() {
         String::new()
@@ -386,6 +391,7 @@ mod tests {
                 ActionResult::Ok {
                     note: Some("adopted".into()),
                     scim_id: Some("st-1".into()),
+                    not_kept: Vec::new(),
                 },
                 ActionResult::Failed {
                     error: "SocialTalent refused it".into(),
@@ -436,6 +442,7 @@ mod tests {
             ActionResult::Ok {
                 note: None,
                 scim_id: None,
+                not_kept: Vec::new(),
             };
             count
         ];

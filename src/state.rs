@@ -129,6 +129,8 @@ struct Head {
     digest: Option<Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pushed_digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    not_kept: Vec<String>,
 }
 
 impl Head {
@@ -141,6 +143,7 @@ impl Head {
             updated_at: record.updated_at.clone(),
             digest: record.digest,
             pushed_digest: None,
+            not_kept: record.not_kept.clone(),
         }
     }
 }
@@ -231,6 +234,7 @@ impl State {
                     status: head.status,
                     digest: head.digest,
                     pushed_digest: head.pushed_digest,
+                    not_kept: head.not_kept,
                     pushed: None,
                 },
             ));
@@ -262,18 +266,26 @@ impl State {
     }
 
     /// Records that these users' stored attributes are what their current digest maps to
-    /// (the planner compared them), so that the next run need not map them again. Users whose
-    /// record is gone or inactive are left alone.
+    /// (the planner compared them), so that the next run need not map them again, and drops
+    /// the stored attributes the mapping no longer manages. Users whose record is gone or
+    /// inactive are left alone.
     ///
     /// # Errors
     /// [`StateError::Storage`].
-    pub fn refresh_digests(&self, refresh: &[(IdpId, Digest)]) -> Result<(), StateError> {
+    pub fn refresh_digests(
+        &self,
+        refresh: &[(IdpId, Digest)],
+        managed: &[String],
+    ) -> Result<(), StateError> {
         for (idp_id, digest) in refresh {
             if let Some(mut record) = self.user(idp_id)?
                 && record.status == AccountStatus::Active
                 && record.digest != Some(*digest)
             {
                 record.digest = Some(*digest);
+                // Attributes that left the mapping are no longer ours: not kept in the state.
+                record.pushed.retain(|name, _| managed.contains(name));
+                record.not_kept.retain(|name| managed.contains(name));
                 self.write_user(idp_id, Head::of(&record), &record.pushed)?;
             }
         }
@@ -301,6 +313,7 @@ impl State {
             updated_at: head.updated_at,
             digest: head.digest,
             pushed_digest: head.pushed_digest,
+            not_kept: head.not_kept,
         }))
     }
 
@@ -342,7 +355,8 @@ impl State {
 
     /// Records that SocialTalent confirmed `pushed` as the attributes of the user's active
     /// account `scim_id` (a create, adoption, update or reactivation), with the digest of the
-    /// source user and mapping they come from, and clears the user's failure count.
+    /// source user and mapping they come from and the attributes the target did not keep,
+    /// and clears the user's failure count.
     ///
     /// The user's record must hold no digest: a record that has one loses it with
     /// [`State::forget_digest`] before its write is sent (the executor does so for every
@@ -358,6 +372,7 @@ impl State {
         user_name: &str,
         pushed: &Attributes,
         digest: Option<Digest>,
+        not_kept: &[String],
     ) -> Result<(), StateError> {
         let head = Head {
             scim_id: scim_id.to_owned(),
@@ -366,6 +381,7 @@ impl State {
             updated_at: now_rfc3339(),
             digest,
             pushed_digest: None,
+            not_kept: not_kept.to_vec(),
         };
         self.write_attributes_then_head(idp_id, head, pushed)?;
         self.clear_failures(idp_id)

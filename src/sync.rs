@@ -375,6 +375,7 @@ async fn write_back(
             Ok(()) => ActionResult::Ok {
                 note: None,
                 scim_id: action.scim_id.clone(),
+                not_kept: Vec::new(),
             },
             Err(error) => {
                 tracing::warn!(message = "Write-back failed; retried next run.", idp_id = %action.idp_id, %error);
@@ -495,11 +496,21 @@ pub async fn run_once(
             max_in_flight: config.target.max_in_flight,
             quarantine_after: config.safety.failure_quarantine_after,
         };
-        let execution =
-            executor::execute(&client, state, settings, &plan, &snapshot, cancel, &|| {
+        let guards = guards(config, &read, &snapshot);
+        let execution = executor::execute(
+            &client,
+            state,
+            settings,
+            &plan,
+            &snapshot,
+            &guards,
+            cancel,
+            &|| {
                 on_progress(Progress::ActionDone);
-            })
-            .await;
+            },
+        )
+        .await;
+        note_not_kept(&mut plan, &execution.results);
         tracing::debug!(
             message = "Executed.",
             actions = plan.actions.len(),
@@ -510,7 +521,7 @@ pub async fn run_once(
         execution
     };
     // Users found unchanged by comparison get their digest, so the next run skips them.
-    state.refresh_digests(&plan.refresh)?;
+    state.refresh_digests(&plan.refresh, &config.mapping.attributes())?;
     let mut results = execution.results;
     if execution.stopped.is_none() {
         for (action, result) in write_back(config, state, &mapped, &read).await? {
@@ -540,6 +551,48 @@ pub async fn run_once(
         state.flush()?;
     }
     Ok(outcome)
+}
+
+/// What the executor checks before it adopts an account a create's `409` names: the managed
+/// attributes, every IdP id the run knows, and `[safety] protect`.
+pub fn guards(config: &Config, read: &SourceRead, snapshot: &Snapshot) -> executor::Guards {
+    let known_ids = read
+        .users
+        .iter()
+        .map(|user| user.id.0.clone())
+        .chain(
+            read.rejected
+                .iter()
+                .filter_map(|rejected| rejected.idp_id.as_ref().map(|id| id.0.clone())),
+        )
+        .chain(read.removed.iter().map(|id| id.0.clone()))
+        .chain(snapshot.users.keys().map(|id| id.0.clone()))
+        .collect();
+    executor::Guards {
+        managed: config.mapping.attributes(),
+        known_ids,
+        protect: config.safety.protect.clone(),
+    }
+}
+
+/// Brings the plan's list of attributes SocialTalent did not keep up to date with what the
+/// writes' answers said.
+fn note_not_kept(plan: &mut Plan, results: &[ActionResult]) {
+    for (action, result) in plan.actions.iter().zip(results) {
+        if let ActionResult::Ok { not_kept, .. } = result
+            && matches!(
+                action.op,
+                Op::Create | Op::Adopt | Op::Update | Op::Reactivate
+            )
+        {
+            if not_kept.is_empty() {
+                plan.not_kept.remove(&action.idp_id);
+            } else {
+                plan.not_kept
+                    .insert(action.idp_id.clone(), not_kept.clone());
+            }
+        }
+    }
 }
 
 /// What the SCIM client counted during a run, for metrics.

@@ -203,6 +203,32 @@ pub struct SafetyConfig {
     pub max_deactivation_percent: f64,
     /// Consecutive failed runs before a user is quarantined.
     pub failure_quarantine_after: u32,
+    /// `protect`: accounts never written to, adopted or deactivated.
+    pub protect: Protect,
+}
+
+/// `[safety] protect`: SocialTalent accounts the tool never touches (its own support users, a
+/// break-glass admin), by userName, as names or globs matched case-insensitively.
+#[derive(Debug, Clone, Default)]
+pub struct Protect {
+    set: Option<globset::GlobSet>,
+}
+
+impl Protect {
+    /// Compiles the patterns.
+    ///
+    /// # Errors
+    /// A message naming the pattern that is not a valid glob.
+    pub fn new(patterns: &[String]) -> Result<Protect, String> {
+        Ok(Protect {
+            set: crate::source::groups::compile_globs(patterns, "protect")?,
+        })
+    }
+
+    /// Whether the account with this userName is protected.
+    pub fn covers(&self, user_name: &str) -> bool {
+        self.set.as_ref().is_some_and(|set| set.is_match(user_name))
+    }
 }
 
 /// What to do with drifted values.
@@ -660,10 +686,13 @@ impl Validator<'_> {
         if quarantine == 0 {
             return Err(self.error("safety.failure_quarantine_after", "must be at least 1"));
         }
+        let protect = Protect::new(&raw.protect.unwrap_or_default())
+            .map_err(|message| self.error("safety.protect", message))?;
         Ok(SafetyConfig {
             max_deactivations: raw.max_deactivations.unwrap_or(25),
             max_deactivation_percent: percent,
             failure_quarantine_after: quarantine,
+            protect,
         })
     }
 

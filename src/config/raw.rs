@@ -109,6 +109,7 @@ pub(super) struct RawSafety {
     pub max_deactivations: Option<usize>,
     pub max_deactivation_percent: Option<f64>,
     pub failure_quarantine_after: Option<u32>,
+    pub protect: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

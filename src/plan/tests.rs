@@ -12,6 +12,7 @@ fn safety() -> SafetyConfig {
         max_deactivations: 2,
         max_deactivation_percent: 0.0,
         failure_quarantine_after: 3,
+        protect: crate::config::Protect::default(),
     }
 }
 
@@ -61,6 +62,7 @@ fn record(attributes: &Attributes, status: AccountStatus) -> KnownUser {
         updated_at: "2026-01-01T00:00:00Z".into(),
         digest: None,
         pushed_digest: Some(attributes_digest(attributes)),
+        not_kept: Vec::new(),
     })
 }
 
@@ -105,7 +107,7 @@ fn plan_of(read: &SourceRead, mapped: &[MappedUser], state: &Snapshot) -> Plan {
         safety: &safety(),
         allow_deactivations: false,
         target: None,
-        managed: &[],
+        managed: &managed(),
         reconcile: Reconcile::default(),
     })
 }
@@ -128,7 +130,7 @@ fn apply(plan: &Plan, state: &mut Snapshot) {
                     existing.status = AccountStatus::Deactivated;
                 }
             }
-            Op::Held | Op::Skip | Op::Writeback => {}
+            Op::Held | Op::Skip | Op::Writeback | Op::Protected => {}
         }
     }
 }
@@ -250,7 +252,7 @@ fn leavers_are_deactivated_with_a_reason() {
         },
         allow_deactivations: false,
         target: None,
-        managed: &[],
+        managed: &managed(),
         reconcile: Reconcile::default(),
     });
     let reasons: Vec<_> = plan
@@ -333,7 +335,7 @@ fn too_many_deactivations_are_all_held() {
         safety: &safety(),
         allow_deactivations: true,
         target: None,
-        managed: &[],
+        managed: &managed(),
         reconcile: Reconcile::default(),
     });
     assert_eq!(released.summary().deactivate, 3);
@@ -356,7 +358,7 @@ fn the_percentage_allows_more_when_it_is_larger() {
         },
         allow_deactivations: false,
         target: None,
-        managed: &[],
+        managed: &managed(),
         reconcile: Reconcile::default(),
     });
     assert_eq!(plan.summary().deactivate, 5);
@@ -537,9 +539,9 @@ proptest! {
         let mut state = Snapshot::default();
         for mapped in [&first, &second] {
             let read = full_read(mapped);
-            let plan = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
+            let plan = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &managed(), reconcile: Reconcile::default() });
             apply(&plan, &mut state);
-            let again = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
+            let again = build(&Inputs { read: &read, mapped, state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &managed(), reconcile: Reconcile::default() });
             prop_assert!(again.is_noop(), "second plan: {:?}", again.actions);
         }
     }
@@ -549,14 +551,14 @@ proptest! {
         let relaxed = SafetyConfig { max_deactivations: 1000, ..safety() };
         let mut state = Snapshot::default();
         let read = full_read(&mapped);
-        let plan = build(&Inputs { read: &read, mapped: &mapped, state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
+        let plan = build(&Inputs { read: &read, mapped: &mapped, state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &managed(), reconcile: Reconcile::default() });
         apply(&plan, &mut state);
         let empty = full_read(&[]);
-        let plan = build(&Inputs { read: &empty, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
+        let plan = build(&Inputs { read: &empty, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &managed(), reconcile: Reconcile::default() });
         prop_assert_eq!(plan.summary().deactivate, 0);
         let mut incremental = full_read(&[]);
         incremental.full = false;
-        let plan = build(&Inputs { read: &incremental, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &[], reconcile: Reconcile::default() });
+        let plan = build(&Inputs { read: &incremental, mapped: &[], state: &state, safety: &relaxed, allow_deactivations: false, target: None, managed: &managed(), reconcile: Reconcile::default() });
         prop_assert!(plan.actions.is_empty());
     }
 
@@ -601,7 +603,6 @@ fn account(id: &str, user_name: &str, external_id: Option<&str>, attributes: Val
         external_id: external_id.map(str::to_owned),
         active: true,
         attributes,
-        extras: serde_json::Map::new(),
         compacted: None,
     }
 }
@@ -757,15 +758,12 @@ fn drift_is_repaired_or_reported_and_unmanaged_values_are_kept() {
     state
         .users
         .insert(IdpId("a".into()), record(&ours, AccountStatus::Active));
-    let mut theirs = account(
+    let theirs = account(
         "scim-a@x.com",
         "a@x.com",
         Some("a"),
         json!({"coreTeam": "Marketing", "role": "user", "learningPaths": ["A", "B"], "udf_location": "Paris"}),
     );
-    theirs
-        .extras
-        .insert("addresses".into(), json!([{"locality": "Paris"}]));
     let mapped = vec![provisioned("a", ours.clone())];
 
     let repaired = with_target(
@@ -785,13 +783,13 @@ fn drift_is_repaired_or_reported_and_unmanaged_values_are_kept() {
             to: json!("Sales")
         }]
     );
-    let kept = update.keep.as_ref().expect("kept");
-    assert_eq!(
-        kept.attributes.get("udf_location"),
-        Some(&json!("Paris")),
-        "unmanaged values stay"
+    assert!(
+        update
+            .changes
+            .iter()
+            .all(|change| change.attribute != "udf_location"),
+        "an unmanaged value is never part of a change"
     );
-    assert_eq!(kept.extras["addresses"], json!([{"locality": "Paris"}]));
     assert_eq!(repaired.summary().drift_repaired, 1);
     assert_eq!(repaired.drift.len(), 1);
     assert_eq!(

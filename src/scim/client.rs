@@ -44,6 +44,12 @@ pub enum ScimError {
         /// The server's explanation.
         detail: String,
     },
+    /// 412: the account changed since it was read (`If-Match` did not match its version).
+    #[error("SocialTalent reports the account changed while it was being updated (412): {detail}")]
+    PreconditionFailed {
+        /// The server's explanation.
+        detail: String,
+    },
     /// 409: a uniqueness conflict (the account exists already).
     #[error("SocialTalent reports a conflict (409): {detail}")]
     Conflict {
@@ -179,17 +185,16 @@ impl ScimClient {
     }
 
     /// `POST /Users` of `document` (a [`Value`], or a [`wire::UserDocument`] serialised straight
-    /// from the attributes); returns the new account's id.
+    /// from the attributes); returns the new account's id and the account as the server
+    /// answered it (`None` without a readable body).
     ///
     /// # Errors
     /// [`ScimError::Conflict`] on 409 (the account exists), or any other [`ScimError`].
-    pub async fn create<D: Serialize + ?Sized>(&self, document: &D) -> Result<String, ScimError> {
-        /// Only the id of the echoed account is needed; the rest is skipped unparsed.
-        #[derive(serde::Deserialize)]
-        struct Created {
-            id: String,
-        }
-        let body = self
+    pub async fn create<D: Serialize + ?Sized>(
+        &self,
+        document: &D,
+    ) -> Result<(String, Option<TargetUser>), ScimError> {
+        let answer = self
             .send(
                 Method::POST,
                 "/Users",
@@ -197,38 +202,92 @@ impl ScimClient {
                 Some(encode(document, "POST /Users")?),
             )
             .await?;
-        serde_json::from_slice::<Created>(&body)
-            .map(|created| created.id)
-            .map_err(|error| ScimError::InvalidResponse {
+        let value: Value =
+            serde_json::from_slice(&answer.body).map_err(|error| ScimError::InvalidResponse {
                 context: "POST /Users".into(),
-                message: format!("the created account's id cannot be read: {error}"),
-            })
+                message: format!("the created account cannot be read: {error}"),
+            })?;
+        let id = value
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ScimError::InvalidResponse {
+                context: "POST /Users".into(),
+                message: "the created account has no `id`".into(),
+            })?
+            .to_owned();
+        Ok((id, wire::parse_user(&value, &self.extension_schema).ok()))
     }
 
-    /// `PUT /Users/{id}` with the full document.
+    /// `GET /Users/{id}`: the account as SocialTalent holds it, whole, and its version (the
+    /// `ETag` header, else `meta.version`) when the server gives one.
     ///
     /// # Errors
     /// [`ScimError::NotFound`] when the account is gone, or any other [`ScimError`].
+    pub async fn get_user(&self, id: &str) -> Result<(Value, Option<String>), ScimError> {
+        let answer = self.send(Method::GET, &user_path(id), &[], None).await?;
+        let value: Value =
+            serde_json::from_slice(&answer.body).map_err(|error| ScimError::InvalidResponse {
+                context: "GET /Users/{id}".into(),
+                message: error.to_string(),
+            })?;
+        if !value.is_object() {
+            return Err(ScimError::InvalidResponse {
+                context: "GET /Users/{id}".into(),
+                message: "the account is not a JSON object".into(),
+            });
+        }
+        let version = answer.etag.or_else(|| {
+            value
+                .pointer("/meta/version")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        Ok((value, version))
+    }
+
+    /// `PUT /Users/{id}` with the full document, conditional on `if_match` (the version read)
+    /// when given; returns the account as the server answered it, when it did.
+    ///
+    /// # Errors
+    /// [`ScimError::NotFound`] when the account is gone, [`ScimError::PreconditionFailed`] when
+    /// it changed since it was read, or any other [`ScimError`].
     pub async fn replace<D: Serialize + ?Sized>(
         &self,
         id: &str,
         document: &D,
-    ) -> Result<(), ScimError> {
+        if_match: Option<&str>,
+    ) -> Result<Option<TargetUser>, ScimError> {
         let body = encode(document, "PUT /Users/{id}")?;
-        self.send(Method::PUT, &user_path(id), &[], Some(body))
-            .await
-            .map(drop)
+        let headers: Vec<(reqwest::header::HeaderName, String)> = if_match
+            .map(|version| (reqwest::header::IF_MATCH, version.to_owned()))
+            .into_iter()
+            .collect();
+        let answer = self
+            .send_with(Method::PUT, &user_path(id), &[], &headers, Some(body))
+            .await?;
+        Ok(self.answered_user(&answer.body))
     }
 
-    /// `PATCH /Users/{id}`; a 200 with a body and a 204 without are both success.
+    /// `PATCH /Users/{id}`; a 200 with a body and a 204 without are both success. Returns the
+    /// account as the server answered it, when it did.
     ///
     /// # Errors
     /// [`ScimError::NotFound`] when the account is gone, or any other [`ScimError`].
-    pub async fn patch(&self, id: &str, body: &Value) -> Result<(), ScimError> {
+    pub async fn patch(&self, id: &str, body: &Value) -> Result<Option<TargetUser>, ScimError> {
         let body = encode(body, "PATCH /Users/{id}")?;
-        self.send(Method::PATCH, &user_path(id), &[], Some(body))
-            .await
-            .map(drop)
+        let answer = self
+            .send(Method::PATCH, &user_path(id), &[], Some(body))
+            .await?;
+        Ok(self.answered_user(&answer.body))
+    }
+
+    /// The account in a write's answer, when the body holds one.
+    fn answered_user(&self, body: &[u8]) -> Option<TargetUser> {
+        if body.is_empty() {
+            return None;
+        }
+        let value: Value = serde_json::from_slice(body).ok()?;
+        wire::parse_user(&value, &self.extension_schema).ok()
     }
 
     /// `DELETE /Users/{id}`.
@@ -253,10 +312,10 @@ impl ScimClient {
             "userName eq \"{}\"",
             user_name.replace('\\', "\\\\").replace('"', "\\\"")
         );
-        let body = self
+        let answer = self
             .send(Method::GET, "/Users", &[("filter", filter.as_str())], None)
             .await?;
-        let page = self.parse_list(&body, "GET /Users?filter=userName")?;
+        let page = self.parse_list(&answer.body, "GET /Users?filter=userName")?;
         let wanted = crate::model::fold_user_name(user_name);
         Ok(page
             .users
@@ -275,7 +334,7 @@ impl ScimClient {
     ) -> Result<UserPage, ScimError> {
         let start = start_index.to_string();
         let count = count.to_string();
-        let body = self
+        let answer = self
             .send(
                 Method::GET,
                 "/Users",
@@ -283,7 +342,7 @@ impl ScimClient {
                 None,
             )
             .await?;
-        self.parse_list(&body, "GET /Users")
+        self.parse_list(&answer.body, "GET /Users")
     }
 
     /// Every account, through paged `GET /Users` (`startIndex`, `count`): the first page tells
@@ -354,12 +413,12 @@ impl ScimClient {
     /// Any [`ScimError`] but 404.
     pub async fn get_optional(&self, path: &str) -> Result<Option<Value>, ScimError> {
         match self.send(Method::GET, path, &[], None).await {
-            Ok(body) => serde_json::from_slice(&body).map(Some).map_err(|error| {
-                ScimError::InvalidResponse {
+            Ok(answer) => serde_json::from_slice(&answer.body)
+                .map(Some)
+                .map_err(|error| ScimError::InvalidResponse {
                     context: format!("GET {path}"),
                     message: error.to_string(),
-                }
-            }),
+                }),
             Err(ScimError::NotFound { .. }) => Ok(None),
             Err(error) => Err(error),
         }
@@ -391,7 +450,7 @@ impl ScimClient {
         })
     }
 
-    /// Sends one request through the limiter with retries; returns the body of a 2xx answer.
+    /// Sends one request through the limiter with retries; returns a 2xx answer.
     /// `body` is the encoded JSON; a retry sends the same bytes again without copying them.
     async fn send(
         &self,
@@ -399,7 +458,19 @@ impl ScimClient {
         path: &str,
         query: &[(&str, &str)],
         body: Option<Bytes>,
-    ) -> Result<Bytes, ScimError> {
+    ) -> Result<Answer, ScimError> {
+        self.send_with(method, path, query, &[], body).await
+    }
+
+    /// [`ScimClient::send`] with extra request headers (`If-Match`).
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(reqwest::header::HeaderName, String)],
+        body: Option<Bytes>,
+    ) -> Result<Answer, ScimError> {
         let url = if path == "/Users" {
             self.users_url.clone()
         } else {
@@ -414,7 +485,7 @@ impl ScimClient {
             &self.backoff,
             || {
                 attempts += 1;
-                self.attempt(&method, &url, path, query, body.clone(), attempts)
+                self.attempt(&method, &url, path, query, headers, body.clone(), attempts)
             },
             |retry_no, delay, error: &ScimError| {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -439,15 +510,17 @@ impl ScimClient {
         })
     }
 
+    #[allow(clippy::too_many_arguments)] // The parts of one request, as `send_with` got them.
     async fn attempt(
         &self,
         method: &Method,
         url: &Url,
         path: &str,
         query: &[(&str, &str)],
+        headers: &[(reqwest::header::HeaderName, String)],
         body: Option<Bytes>,
         attempt: u32,
-    ) -> Result<Bytes, Attempt<ScimError>> {
+    ) -> Result<Answer, Attempt<ScimError>> {
         let _permit = self.limiter.acquire().await;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = self
@@ -457,6 +530,9 @@ impl ScimClient {
             .header(ACCEPT, ACCEPT_JSON);
         if !query.is_empty() {
             request = request.query(query);
+        }
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         if let Some(body) = body {
             request = request.header(CONTENT_TYPE, SCIM_JSON).body(body);
@@ -471,9 +547,14 @@ impl ScimClient {
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let verdict = classify_status(status, response.headers());
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let bytes = response.bytes().await.map_err(transport)?;
         if status.is_success() {
-            return Ok(bytes);
+            return Ok(Answer { body: bytes, etag });
         }
         let mut detail = wire::error_detail(&bytes).unwrap_or_else(|| body_excerpt(&bytes, status));
         // A server may quote the credential back ("the token … is not valid"); the detail ends up
@@ -489,6 +570,7 @@ impl ScimClient {
             },
             StatusCode::NOT_FOUND => ScimError::NotFound { detail },
             StatusCode::CONFLICT => ScimError::Conflict { detail },
+            StatusCode::PRECONDITION_FAILED => ScimError::PreconditionFailed { detail },
             _ if matches!(verdict, Verdict::RetryAfter(_)) => ScimError::Unavailable {
                 status: status.as_u16(),
                 attempts: attempt,
@@ -506,6 +588,12 @@ impl ScimClient {
         };
         Err(Attempt::from_verdict(verdict, error))
     }
+}
+
+/// A 2xx answer: its body and its `ETag` header, if any.
+struct Answer {
+    body: Bytes,
+    etag: Option<String>,
 }
 
 /// The `Authorization` header for `token`, marked sensitive (never printed by `Debug`).

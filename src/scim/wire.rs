@@ -284,39 +284,207 @@ impl serde::Serialize for WorkEntry<'_> {
     }
 }
 
-/// The `PUT /Users/{id}` document that sets our attributes and keeps what SocialTalent holds
-/// beyond them: `kept` attributes (those the mapping does not manage, as read back) and `extras`
-/// (other top-level attributes, such as addresses or other extensions). A PUT replaces the whole
-/// account, so without this it would clear them.
-pub fn user_document_keeping(
-    attributes: &Attributes,
+/// The `PUT /Users/{id}` document of an update: the account exactly as just read, with the
+/// plan's `changes` applied and `active` set when given. Everything the changes do not name
+/// stays as read: attributes the mapping does not manage, other schemas' extensions, and the
+/// other entries of `emails` and `phoneNumbers` (see [`managed_entry`]). `meta` is left out
+/// (the server manages it); so is `groups` (read-only in RFC 7643).
+pub fn updated_document(
+    account: &Value,
+    changes: &[Change],
     extension_schema: &str,
-    active: bool,
-    kept: &Attributes,
-    extras: &Map<String, Value>,
+    active: Option<bool>,
 ) -> Value {
-    let mut merged = kept.clone();
-    merged.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut document = user_document(&merged, extension_schema, active);
-    if let Some(object) = document.as_object_mut() {
-        for (key, value) in extras {
-            object.entry(key.clone()).or_insert_with(|| value.clone());
-            if key.starts_with("urn:")
-                && let Some(Value::Array(schemas)) = object.get_mut("schemas")
-                && !schemas.iter().any(|s| s == key)
-            {
-                schemas.push(Value::String(key.clone()));
+    let mut document = match account {
+        Value::Object(object) => object.clone(),
+        _ => Map::new(),
+    };
+    document.remove("meta");
+    document.remove("groups");
+    for change in changes {
+        apply_change(&mut document, change, extension_schema);
+    }
+    if let Some(active) = active {
+        document.insert("active".into(), Value::Bool(active));
+    }
+    Value::Object(document)
+}
+
+/// Applies one change to a user document in place.
+fn apply_change(document: &mut Map<String, Value>, change: &Change, extension_schema: &str) {
+    let attribute = change.attribute.as_str();
+    if attribute == "active" {
+        if let Some(active) = change.to.as_bool() {
+            document.insert("active".into(), Value::Bool(active));
+        }
+        return;
+    }
+    match placement(attribute) {
+        Placement::Core if is_multi_valued(attribute) => {
+            let mut entries = match document.remove(attribute) {
+                Some(Value::Array(entries)) => entries,
+                _ => Vec::new(),
+            };
+            replace_managed_entries(&mut entries, &change.to);
+            if !entries.is_empty() {
+                document.insert(attribute.to_owned(), Value::Array(entries));
+            }
+        }
+        Placement::Core => set_or_remove(document, attribute, &change.to),
+        Placement::Extension if extension_schema.is_empty() => {
+            set_or_remove(document, attribute, &change.to)
+        }
+        Placement::Name => set_in_object(document, "name", &attribute["name.".len()..], &change.to),
+        Placement::Extension => {
+            set_in_object(document, extension_schema, attribute, &change.to);
+            if document.contains_key(extension_schema) {
+                let schemas = document
+                    .entry("schemas")
+                    .or_insert_with(|| json!([CORE_SCHEMA]));
+                if let Value::Array(schemas) = schemas
+                    && !schemas.iter().any(|schema| schema == extension_schema)
+                {
+                    schemas.push(Value::String(extension_schema.to_owned()));
+                }
             }
         }
     }
-    document
+}
+
+/// Sets `key` to `value`, or removes it when `value` is null.
+fn set_or_remove(object: &mut Map<String, Value>, key: &str, value: &Value) {
+    if value.is_null() {
+        object.remove(key);
+    } else {
+        object.insert(key.to_owned(), value.clone());
+    }
+}
+
+/// Sets (or removes) `key` in the sub-object `parent` (`name`, the extension object); an
+/// emptied sub-object is removed, and a missing one is created for a value.
+fn set_in_object(document: &mut Map<String, Value>, parent: &str, key: &str, value: &Value) {
+    if let Some(Value::Object(object)) = document.get_mut(parent) {
+        set_or_remove(object, key, value);
+        if object.is_empty() {
+            document.remove(parent);
+        }
+    } else if !value.is_null() {
+        let mut object = Map::new();
+        object.insert(key.to_owned(), value.clone());
+        document.insert(parent.to_owned(), Value::Object(object));
+    }
+}
+
+/// Whether `attribute` is one of the multi-valued complex attributes whose `work` entry the
+/// mapping manages.
+fn is_multi_valued(attribute: &str) -> bool {
+    matches!(attribute, "emails" | "phoneNumbers")
+}
+
+/// The entry of `emails` or `phoneNumbers` the mapping manages: the first of type `work` (any
+/// case). Every other entry belongs to someone else and is never changed.
+pub fn managed_entry(entries: &[Value]) -> Option<usize> {
+    entries.iter().position(|entry| {
+        entry
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|kind| kind.eq_ignore_ascii_case("work"))
+    })
+}
+
+/// Puts the mapped value into a multi-valued list: a string replaces the `work` entry's value
+/// in place (its `primary` flag and other fields kept), or is added as a new `work` entry,
+/// primary only when no entry is; null removes the `work` entry; a list replaces the `work`
+/// entries with its items. Other entries keep their value, type, flag and place.
+fn replace_managed_entries(entries: &mut Vec<Value>, to: &Value) {
+    let position = managed_entry(entries);
+    match (to, position) {
+        (Value::Null, Some(index)) => {
+            entries.remove(index);
+        }
+        (Value::Null, None) => {}
+        (Value::String(text), Some(index)) => {
+            if let Some(entry) = entries[index].as_object_mut() {
+                entry.insert("value".into(), Value::String(text.clone()));
+            }
+        }
+        (Value::String(text), None) => {
+            let primary = !has_primary(entries);
+            entries.push(work_entry(text, primary));
+        }
+        (Value::Array(items), _) => {
+            let at = position.unwrap_or(entries.len());
+            entries.retain(|entry| {
+                !entry
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|kind| kind.eq_ignore_ascii_case("work"))
+            });
+            let mut primary = !has_primary(entries);
+            let new: Vec<Value> = items
+                .iter()
+                .map(|item| match item {
+                    Value::String(text) => {
+                        let entry = work_entry(text, primary);
+                        primary = false;
+                        entry
+                    }
+                    other => other.clone(),
+                })
+                .collect();
+            let at = at.min(entries.len());
+            entries.splice(at..at, new);
+        }
+        (other, Some(index)) => {
+            if let Some(entry) = entries[index].as_object_mut() {
+                entry.insert("value".into(), other.clone());
+            }
+        }
+        (other, None) => entries.push(json!({"value": other, "type": "work"})),
+    }
+}
+
+/// Whether any entry of a multi-valued list is marked primary.
+fn has_primary(entries: &[Value]) -> bool {
+    entries
+        .iter()
+        .any(|entry| entry.get("primary").and_then(Value::as_bool) == Some(true))
+}
+
+/// A new `work` entry.
+fn work_entry(value: &str, primary: bool) -> Value {
+    if primary {
+        json!({"value": value, "type": "work", "primary": true})
+    } else {
+        json!({"value": value, "type": "work"})
+    }
 }
 
 /// The `PATCH /Users/{id}` body: one `replace` per changed attribute, a `remove` per cleared one,
-/// and `active` when given.
-pub fn patch_document(changes: &[Change], extension_schema: &str, active: Option<bool>) -> Value {
+/// and `active` when given. For `emails` and `phoneNumbers` only the `work` entry is touched
+/// (`emails[type eq "work"].value`, or an `add` of a new `work` entry, primary only when the
+/// account has none); `account` is the account as read, which says whether it has one (without
+/// it, a change's `from` does).
+pub fn patch_document(
+    changes: &[Change],
+    extension_schema: &str,
+    active: Option<bool>,
+    account: Option<&Value>,
+) -> Value {
     let mut operations = Vec::new();
     for change in changes {
+        if change.attribute == "active" {
+            if active.is_none()
+                && let Some(value) = change.to.as_bool()
+            {
+                operations.push(json!({"op": "replace", "path": "active", "value": value}));
+            }
+            continue;
+        }
+        if is_multi_valued(&change.attribute) {
+            patch_entries(&mut operations, change, account);
+            continue;
+        }
         let path = attribute_path(&change.attribute, extension_schema);
         if change.to.is_null() {
             operations.push(json!({"op": "remove", "path": path}));
@@ -324,7 +492,7 @@ pub fn patch_document(changes: &[Change], extension_schema: &str, active: Option
             operations.push(json!({
                 "op": "replace",
                 "path": path,
-                "value": core_value(&change.attribute, &change.to),
+                "value": change.to,
             }));
         }
     }
@@ -332,6 +500,64 @@ pub fn patch_document(changes: &[Change], extension_schema: &str, active: Option
         operations.push(json!({"op": "replace", "path": "active", "value": active}));
     }
     json!({"schemas": [PATCH_SCHEMA], "Operations": operations})
+}
+
+/// The PATCH operations of a change to `emails` or `phoneNumbers`: only the `work` entry.
+fn patch_entries(operations: &mut Vec<Value>, change: &Change, account: Option<&Value>) {
+    let attribute = change.attribute.as_str();
+    let entries: Option<&Vec<Value>> =
+        account.and_then(|account| account.get(attribute)?.as_array());
+    let (has_work, primary_taken) = match (account, entries) {
+        (Some(_), Some(entries)) => (managed_entry(entries).is_some(), has_primary(entries)),
+        (Some(_), None) => (false, false),
+        // Without the account, what we last pushed tells: our entry is the primary one.
+        (None, _) => (!change.from.is_null(), !change.from.is_null()),
+    };
+    let work = format!("{attribute}[type eq \"work\"]");
+    match &change.to {
+        Value::Null => {
+            if has_work {
+                operations.push(json!({"op": "remove", "path": work}));
+            }
+        }
+        Value::String(text) if has_work => operations.push(json!({
+            "op": "replace",
+            "path": format!("{work}.value"),
+            "value": text,
+        })),
+        Value::String(text) => operations.push(json!({
+            "op": "add",
+            "path": attribute,
+            "value": [work_entry(text, !primary_taken)],
+        })),
+        Value::Array(_) => {
+            if has_work {
+                operations.push(json!({"op": "remove", "path": work}));
+            }
+            let mut entries = Vec::new();
+            replace_managed_entries(&mut entries, &change.to);
+            if primary_taken {
+                for entry in &mut entries {
+                    if let Some(entry) = entry.as_object_mut() {
+                        entry.remove("primary");
+                    }
+                }
+            }
+            if !entries.is_empty() {
+                operations.push(json!({"op": "add", "path": attribute, "value": entries}));
+            }
+        }
+        other if has_work => operations.push(json!({
+            "op": "replace",
+            "path": format!("{work}.value"),
+            "value": other,
+        })),
+        other => operations.push(json!({
+            "op": "add",
+            "path": attribute,
+            "value": [{"value": other, "type": "work"}],
+        })),
+    }
 }
 
 /// The PATCH path of an attribute (`name.givenName`, `title`, `urn:…:User:coreTeam`).
@@ -363,7 +589,6 @@ pub fn parse_user(document: &Value, extension_schema: &str) -> Result<TargetUser
         .ok_or_else(|| format!("user {id} has no `userName`"))?
         .to_owned();
     let mut attributes = Attributes::new();
-    let mut extras = Map::new();
     if let Some(object) = document.as_object() {
         for (key, value) in object {
             match key.as_str() {
@@ -375,8 +600,8 @@ pub fn parse_user(document: &Value, extension_schema: &str) -> Result<TargetUser
                     }
                 }
                 "emails" | "phoneNumbers" => {
-                    if let Some(primary) = primary_value(value) {
-                        attributes.insert(key.clone(), Value::String(primary));
+                    if let Some(work) = work_value(value) {
+                        attributes.insert(key.clone(), work);
                     }
                 }
                 _ if CORE_ATTRIBUTES.contains(&key.as_str()) => {
@@ -398,13 +623,10 @@ pub fn parse_user(document: &Value, extension_schema: &str) -> Result<TargetUser
                         }
                     }
                 }
-                // Read-only or server-managed: never sent back.
-                "id" | "schemas" | "meta" | "active" | "groups" => {}
-                // Anything else (addresses, other extensions) is kept as it is, so that a PUT
-                // that replaces the whole account does not lose it.
-                _ => {
-                    extras.insert(key.clone(), value.clone());
-                }
+                // Anything else (addresses, other extensions, server-managed attributes) is
+                // no mapped attribute; an update's `PUT` is built from the account as read
+                // just before it, so it keeps them.
+                _ => {}
             }
         }
     }
@@ -420,7 +642,6 @@ pub fn parse_user(document: &Value, extension_schema: &str) -> Result<TargetUser
         id,
         user_name,
         attributes,
-        extras,
         compacted: None,
     })
 }
@@ -457,20 +678,16 @@ fn insert_read(attributes: &mut Attributes, name: &str, value: &Value) {
     attributes.insert(name.to_owned(), value);
 }
 
-fn primary_value(value: &Value) -> Option<String> {
+/// The value of the managed (`work`) entry of `emails` or `phoneNumbers`.
+fn work_value(value: &Value) -> Option<Value> {
     let items = value.as_array()?;
-    let primary = items
-        .iter()
-        .find(|item| item.get("primary").and_then(Value::as_bool) == Some(true))
-        .or_else(|| items.first())?;
-    primary
-        .get("value")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+    let entry = &items[managed_entry(items)?];
+    entry.get("value").filter(|value| !value.is_null()).cloned()
 }
 
 /// `emails` and `phoneNumbers` are multi-valued complex attributes; a mapped string becomes the
-/// primary work entry.
+/// primary work entry (as a create sends it; the tests compare the serialised document with it).
+#[cfg(test)]
 fn core_value(attribute: &str, value: &Value) -> Value {
     if !matches!(attribute, "emails" | "phoneNumbers") {
         return value.clone();
@@ -700,7 +917,7 @@ mod tests {
                 to: Value::Null,
             },
         ];
-        let body = patch_document(&changes, EXT, Some(true));
+        let body = patch_document(&changes, EXT, Some(true), None);
         assert_eq!(
             body["Operations"],
             json!([

@@ -15,22 +15,9 @@ impl GroupFilter {
     /// # Errors
     /// A message naming the pattern that is not a valid glob.
     pub fn new(patterns: &[String]) -> Result<GroupFilter, String> {
-        if patterns.is_empty() {
-            return Ok(GroupFilter { set: None });
-        }
-        let mut builder = GlobSetBuilder::new();
-        for pattern in patterns {
-            let glob = GlobBuilder::new(pattern)
-                .case_insensitive(true)
-                .literal_separator(false)
-                .build()
-                .map_err(|error| format!("{pattern:?} is not a valid group pattern: {error}"))?;
-            builder.add(glob);
-        }
-        let set = builder
-            .build()
-            .map_err(|error| format!("the group patterns do not compile: {error}"))?;
-        Ok(GroupFilter { set: Some(set) })
+        Ok(GroupFilter {
+            set: compile_globs(patterns, "group")?,
+        })
     }
 
     /// Whether a group with this name is read.
@@ -42,6 +29,30 @@ impl GroupFilter {
     pub fn is_everything(&self) -> bool {
         self.set.is_none()
     }
+}
+
+/// Compiles names or globs matched case-insensitively (`*` also matches `/`); `None` for an
+/// empty list. `what` names the kind of pattern in messages ("group", "protect").
+///
+/// # Errors
+/// A message naming the pattern that is not a valid glob.
+pub fn compile_globs(patterns: &[String], what: &str) -> Result<Option<GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = GlobBuilder::new(pattern)
+            .case_insensitive(true)
+            .literal_separator(false)
+            .build()
+            .map_err(|error| format!("{pattern:?} is not a valid {what} pattern: {error}"))?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|error| format!("the {what} patterns do not compile: {error}"))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ fn record(scim_id: &str) -> UserRecord {
         updated_at: now_rfc3339(),
         digest: Some(Digest(7)),
         pushed_digest: None,
+        not_kept: Vec::new(),
     }
 }
 
@@ -77,7 +78,10 @@ fn a_refresh_records_the_digest_of_an_active_user_only() {
     deactivated.status = AccountStatus::Deactivated;
     state.record_success(&gone, &deactivated).expect("writes");
     state
-        .refresh_digests(&[(active.clone(), Digest(9)), (gone.clone(), Digest(9))])
+        .refresh_digests(
+            &[(active.clone(), Digest(9)), (gone.clone(), Digest(9))],
+            &["userName".to_owned(), "coreTeam".to_owned()],
+        )
         .expect("refreshes");
     let snapshot = state.snapshot().expect("reads");
     assert_eq!(snapshot.users[&active].digest, Some(Digest(9)));
@@ -254,7 +258,7 @@ fn a_record_loses_its_digest_before_its_attributes_are_replaced() {
         serde_json::from_value(json!({"userName": "ana@example.com", "coreTeam": "Support"}))
             .expect("attributes");
     state
-        .record_active(&id, "s1", "ana@example.com", &newer, Some(Digest(9)))
+        .record_active(&id, "s1", "ana@example.com", &newer, Some(Digest(9)), &[])
         .expect("records");
     let mut snapshot = state.snapshot().expect("reads");
     let known = &snapshot.users[&id];
@@ -281,7 +285,7 @@ fn a_success_clears_a_failure_count_found_on_disk() {
     let state = reopen(dir.path()).expect("reopens");
     let pushed = record("s1").pushed;
     state
-        .record_active(&id, "s1", "ana@example.com", &pushed, None)
+        .record_active(&id, "s1", "ana@example.com", &pushed, None, &[])
         .expect("records");
     let snapshot = state.snapshot().expect("reads");
     assert!(

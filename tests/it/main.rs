@@ -14,3 +14,4 @@ mod readback;
 mod scim_client;
 mod secrets;
 mod support;
+mod trust;

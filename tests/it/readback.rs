@@ -74,8 +74,8 @@ async fn existing_accounts_are_adopted_by_each_key_and_never_duplicated() {
     assert_eq!(summary["adopted"], 3, "{report:#}");
     assert_eq!(summary["create"], 17);
     assert_eq!(
-        summary["orphans"], 3,
-        "ghost and the two unresolved chloe accounts"
+        summary["orphans"], 1,
+        "only ghost: the two chloe accounts match an IdP user (ambiguously), so they are no orphans"
     );
     let mut adopted: Vec<(String, String)> = report["actions"]
         .as_array()

@@ -231,7 +231,7 @@ async fn create_posts_scim_json_with_the_bearer_token_and_returns_the_new_id() {
         .await;
     let client = default_client(&server);
 
-    let id = client.create(&new_doc()).await.expect("201 is a success");
+    let (id, _) = client.create(&new_doc()).await.expect("201 is a success");
 
     assert_eq!(id, "2819c223-7f76");
     assert_eq!(client.stats().requests.load(Ordering::Relaxed), 1);
@@ -283,7 +283,7 @@ async fn a_429_with_retry_after_seconds_is_waited_out_then_succeeds() {
         .await;
     let client = default_client(&server);
 
-    let id = client.create(&new_doc()).await.expect("the retry succeeds");
+    let (id, _) = client.create(&new_doc()).await.expect("the retry succeeds");
 
     assert_eq!(id, "u-1");
     assert!(

@@ -78,6 +78,9 @@ struct ScimState {
     faults: Vec<Fault>,
     requests: Vec<Seen>,
     token: String,
+    /// Attributes this server does not declare: dropped without an error from whatever is
+    /// written, top level or in an extension object (RFC 7644 allows it; many SaaS targets do).
+    dropped: BTreeSet<String>,
 }
 
 /// A running fake SCIM server (`{url}/v2/Users`); dropping it stops it.
@@ -128,6 +131,12 @@ impl FakeScim {
 
     fn lock(&self) -> MutexGuard<'_, ScimState> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops `attribute` from every account written from now on, without an error, as a target
+    /// that does not declare it may.
+    pub fn drop_undeclared(&self, attribute: &str) {
+        self.lock().dropped.insert(attribute.to_owned());
     }
 
     /// Adds a fault for the next `times` requests with `method` (any when `None`) whose
@@ -375,6 +384,7 @@ impl ScimState {
                 user["id"] = json!(id);
                 user["meta"] =
                     json!({"resourceType": "User", "location": format!("/v2/Users/{id}")});
+                self.strip(&mut user);
                 self.users.insert(id, user.clone());
                 (201, Some(user))
             }
@@ -420,6 +430,7 @@ impl ScimState {
                     return (404, Some(scim_error(404, None, Some("user not found"))));
                 }
                 user["id"] = json!(id);
+                self.strip(&mut user);
                 self.users.insert(id.to_owned(), user.clone());
                 (200, Some(user))
             }
@@ -433,6 +444,9 @@ impl ScimState {
                 for operation in operations {
                     patch_one(user, &operation);
                 }
+                let mut user = user.clone();
+                self.strip(&mut user);
+                self.users.insert(id.to_owned(), user);
                 (204, None)
             }
             ("DELETE", Some(id)) => match self.users.remove(id) {
@@ -440,6 +454,25 @@ impl ScimState {
                 None => (404, Some(scim_error(404, None, Some("user not found")))),
             },
             _ => (405, Some(scim_error(405, None, Some("method not allowed")))),
+        }
+    }
+
+    /// Removes the attributes this server does not declare.
+    fn strip(&self, user: &mut Value) {
+        let Some(object) = user.as_object_mut() else {
+            return;
+        };
+        for name in &self.dropped {
+            object.remove(name);
+        }
+        for (key, value) in object.iter_mut() {
+            if key.starts_with("urn:")
+                && let Some(extension) = value.as_object_mut()
+            {
+                for name in &self.dropped {
+                    extension.remove(name);
+                }
+            }
         }
     }
 
