@@ -1302,7 +1302,7 @@ fn bench_planner(settings: &Settings, work: &Path, report: &mut Report) {
     let config = Config::load(&config_path).expect("the generated configuration is valid");
 
     let started = Instant::now();
-    let read = file::read(&directory).expect("read the directory");
+    let read = file::read(&directory, &[]).expect("read the directory");
     let read_time = started.elapsed().as_secs_f64();
     report.line("phase_source_read", read_time, "s", "", None);
     report.info(
@@ -1471,7 +1471,7 @@ fn plan_rate(inputs: &plan::Inputs<'_>, rounds: usize, provisioned: usize, what:
 /// The document the tool sends for the first provisioned user, split around its userName so
 /// that wrk can make every name unique.
 fn create_body(directory: &Path, config: &Config) -> (String, String) {
-    let read = file::read(directory).expect("read");
+    let read = file::read(directory, &[]).expect("read");
     let user = read
         .users
         .iter()

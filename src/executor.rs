@@ -979,4 +979,25 @@ role = "user"
         assert_eq!(record.status, AccountStatus::Deactivated);
         assert_eq!(record.scim_id, "st-5");
     }
+
+    #[test]
+    fn a_failed_orphan_deactivation_counts_against_nobody() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = State::open(dir.path()).expect("state");
+        let shared = shared(&state);
+        for n in 0..2 {
+            let orphan = Action {
+                user_name: format!("orphan{n}@example.com"),
+                scim_id: Some(format!("st-{n}")),
+                ..Action::empty(Op::Deactivate)
+            };
+            let refused = ActionError::Refused("SocialTalent refused the request (400)".into());
+            shared.finish(n, &orphan, Err(refused), Vec::new());
+        }
+        assert!(matches!(result(&shared, 0), ActionResult::Failed { .. }));
+        assert!(
+            state.snapshot().expect("snapshot").failures.is_empty(),
+            "no shared failure counter under an empty IdP id"
+        );
+    }
 }

@@ -268,7 +268,7 @@ fn plan_mapped(
                 );
             }
         }
-        let pending: Vec<&IdpId> = plan
+        let pending: std::collections::HashSet<&IdpId> = plan
             .actions
             .iter()
             .filter(|action| action.op == Op::Create)
@@ -348,9 +348,10 @@ async fn write_back(
         mapped,
         &read.users,
         &accounts,
-        &[],
+        &std::collections::HashSet::new(),
     );
     if actions.is_empty() {
+        note_writeback_retries(state, read, &[])?;
         return Ok(Vec::new());
     }
     let writer = source::Writer::new(&config.source).map_err(|error| error.to_string());
@@ -384,6 +385,7 @@ async fn write_back(
         };
         done.push((action, result));
     }
+    note_writeback_retries(state, read, &done)?;
     Ok(done)
 }
 
@@ -401,8 +403,10 @@ fn retry_failing_users(
         .map(|user| user.id.clone())
         .chain(read.removed.iter().cloned())
         .collect();
-    for idp_id in snapshot.failures.keys() {
-        if present.contains(idp_id) {
+    let writebacks = writeback_retries(state)?;
+    let mut added = std::collections::HashSet::new();
+    for idp_id in snapshot.failures.keys().chain(writebacks.iter()) {
+        if present.contains(idp_id) || !added.insert(idp_id.clone()) {
             continue;
         }
         if let Some(user) = state.cached_source_user(idp_id)? {
@@ -410,6 +414,49 @@ fn retry_failing_users(
         }
     }
     Ok(())
+}
+
+/// The state's meta key listing users whose write-back failed: retried on the next run, read
+/// again from the source cache if the source does not report them changed.
+const WRITEBACK_RETRY: &str = "writeback_retry";
+
+/// Users whose write-back failed in an earlier run and is still to be retried.
+fn writeback_retries(state: &State) -> Result<Vec<IdpId>, StateError> {
+    Ok(state
+        .meta(WRITEBACK_RETRY)?
+        .and_then(|text| serde_json::from_str::<Vec<String>>(&text).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(IdpId)
+        .collect())
+}
+
+/// Remembers which write-backs failed this run (and keeps those of users this run did not
+/// read), so that the next run retries them.
+fn note_writeback_retries(
+    state: &State,
+    read: &SourceRead,
+    done: &[(plan::Action, ActionResult)],
+) -> Result<(), StateError> {
+    let read_ids: std::collections::HashSet<&IdpId> =
+        read.users.iter().map(|user| &user.id).collect();
+    let mut retry: Vec<String> = writeback_retries(state)?
+        .into_iter()
+        .filter(|idp_id| !read_ids.contains(idp_id))
+        .map(|idp_id| idp_id.0)
+        .collect();
+    retry.extend(
+        done.iter()
+            .filter(|(_, result)| matches!(result, ActionResult::Failed { .. }))
+            .map(|(action, _)| action.idp_id.0.clone()),
+    );
+    retry.sort();
+    retry.dedup();
+    let text = serde_json::to_string(&retry).map_err(|error| StateError::Storage {
+        path: state.path().to_owned(),
+        message: error.to_string(),
+    })?;
+    state.set_meta(WRITEBACK_RETRY, &text)
 }
 
 /// Builds the SCIM client for the configured target (reads the token now).
@@ -444,7 +491,8 @@ pub async fn run_once(
         Ok(planned) => planned,
         Err(error) => {
             if let (Mode::Apply, Some(state)) = (options.mode, state) {
-                record_failed_run(state, config, &started_at, &error);
+                let full = source::reads_full(&config.source, Some(state), options.full);
+                record_failed_run(state, config, &started_at, full, &error);
             }
             return Err(error);
         }
@@ -638,9 +686,12 @@ pub enum Progress {
 fn record_run(state: &State, outcome: &RunOutcome, started_at: &str) -> Result<(), StateError> {
     let mut summary = outcome.plan.summary();
     summary.failed = outcome.failed();
-    let outcome_word = match outcome.exit_code() {
-        0 => "ok",
-        3 => "held",
+    // A run that stopped early (a shutdown, SocialTalent unusable) did not do its work, even
+    // when nothing it sent failed.
+    let outcome_word = match (outcome.exit_code(), &outcome.stopped) {
+        (_, Some(_)) => "failed",
+        (0, None) => "ok",
+        (3, None) => "held",
         _ => "failed",
     };
     let held = outcome
@@ -671,11 +722,17 @@ fn record_run(state: &State, outcome: &RunOutcome, started_at: &str) -> Result<(
     state.flush()
 }
 
-fn record_failed_run(state: &State, config: &Config, started_at: &str, error: &SyncError) {
+fn record_failed_run(
+    state: &State,
+    config: &Config,
+    started_at: &str,
+    full: bool,
+    error: &SyncError,
+) {
     let run = RunRecord {
         started_at: started_at.to_owned(),
         finished_at: now_rfc3339(),
-        full: true,
+        full,
         source: config.source.kind().to_string(),
         users_read: 0,
         summary: plan::Summary::default(),
@@ -685,5 +742,133 @@ fn record_failed_run(state: &State, config: &Config, started_at: &str, error: &S
     };
     if let Err(state_error) = state.record_run(&run).and_then(|()| state.flush()) {
         tracing::error!(message = "Cannot record the failed run.", error = %state_error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CacheUpdate, SourceCommit, SourceKind, SourceUser};
+
+    fn user(id: &str) -> Arc<SourceUser> {
+        Arc::new(SourceUser {
+            id: IdpId(id.into()),
+            login: Some(format!("{id}@example.com")),
+            email: None,
+            given_name: None,
+            family_name: None,
+            display_name: None,
+            active: true,
+            status: None,
+            department: None,
+            title: None,
+            employee_id: None,
+            manager_id: None,
+            manager: None,
+            groups: Vec::new(),
+            attrs: crate::model::Attrs::empty(),
+        })
+    }
+
+    fn read(users: Vec<Arc<SourceUser>>, full: bool) -> SourceRead {
+        SourceRead {
+            kind: SourceKind::Okta,
+            full,
+            users,
+            removed: Vec::new(),
+            rejected: Vec::new(),
+            warnings: Vec::new(),
+            commit: SourceCommit::default(),
+        }
+    }
+
+    fn config(source: &str) -> Config {
+        Config::parse(
+            std::path::Path::new("t.toml"),
+            &format!(
+                "{source}\n[target]\nbase_url = \"http://127.0.0.1:9/v2\"\ntoken = \"t\"\n[mapping]\nuserName = \"{{{{ user.login }}}}\"\ncoreTeam = \"Sales\"\nrole = \"user\"\n"
+            ),
+        )
+        .expect("configuration")
+    }
+
+    #[test]
+    fn a_run_that_stopped_before_doing_its_work_is_not_recorded_as_ok() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = State::open(dir.path()).expect("state");
+        let outcome = RunOutcome {
+            mode: Mode::Apply,
+            read: read(Vec::new(), false),
+            plan: Plan::default(),
+            results: Some(Vec::new()),
+            stopped: Some("shutting down before anything was sent".into()),
+            stats: None,
+            extension_schema: String::new(),
+        };
+        record_run(&state, &outcome, &now_rfc3339()).expect("recorded");
+        let runs = state.recent_runs(1).expect("runs");
+        assert_eq!(runs[0].outcome, "failed");
+        assert_eq!(
+            runs[0].error.as_deref(),
+            Some("shutting down before anything was sent")
+        );
+    }
+
+    #[test]
+    fn a_failed_incremental_run_is_recorded_as_incremental() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = State::open(dir.path()).expect("state");
+        let okta = config(
+            "[source]\nkind = \"okta\"\n[source.okta]\norg_url = \"https://example.okta.com\"\ntoken = \"x\"",
+        );
+        assert!(
+            source::reads_full(&okta.source, Some(&state), false),
+            "no watermark yet: the first run is full"
+        );
+        state
+            .set_meta(source::okta::WATERMARK_KEY, "2026-12-01T00:00:00Z")
+            .expect("meta");
+        assert!(!source::reads_full(&okta.source, Some(&state), false));
+        assert!(source::reads_full(&okta.source, Some(&state), true));
+        let error = SyncError::Internal("the source failed".into());
+        record_failed_run(&state, &okta, &now_rfc3339(), false, &error);
+        assert!(!state.recent_runs(1).expect("runs")[0].full);
+        let file = config("[source]\nkind = \"file\"\n[source.file]\npath = \"d.json\"");
+        assert!(source::reads_full(&file.source, Some(&state), false));
+    }
+
+    #[test]
+    fn a_failed_writeback_is_retried_by_the_next_incremental_run() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = State::open(dir.path()).expect("state");
+        state
+            .apply_source_commit(&SourceCommit {
+                cursors: Vec::new(),
+                cache: CacheUpdate::Replace(vec![user("00u1"), user("00u2")]),
+            })
+            .expect("cache");
+        let failed = plan::Action {
+            idp_id: IdpId("00u1".into()),
+            ..plan::Action::empty(Op::Writeback)
+        };
+        let done = vec![(
+            failed,
+            ActionResult::Failed {
+                error: "no such profile attribute".into(),
+            },
+        )];
+        note_writeback_retries(&state, &read(vec![user("00u1")], true), &done).expect("noted");
+
+        // The next incremental read returns nobody changed: 00u1 is read from the cache.
+        let mut next = read(Vec::new(), false);
+        retry_failing_users(&mut next, &Snapshot::default(), &state).expect("retried");
+        let ids: Vec<&str> = next.users.iter().map(|user| user.id.0.as_str()).collect();
+        assert_eq!(ids, ["00u1"]);
+
+        // Once it succeeds (no failed action for it), it is not retried again.
+        note_writeback_retries(&state, &next, &[]).expect("noted");
+        let mut after = read(Vec::new(), false);
+        retry_failing_users(&mut after, &Snapshot::default(), &state).expect("retried");
+        assert!(after.users.is_empty());
     }
 }

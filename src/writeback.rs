@@ -1,9 +1,10 @@
 //! Write-back planning (`[writeback]`): which IdP users should get SocialTalent's id (or another
 //! rendered value) in an IdP attribute, because the attribute differs from what the template
 //! renders. Pure: values in, actions out. Users whose write-back failed are planned again on the
-//! next run simply because their attribute still differs.
+//! next run because their attribute still differs (the run reads them again: `sync` keeps a list
+//! of them in the state for incremental runs).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -38,7 +39,7 @@ pub fn plan(
     mapped: &[MappedUser],
     users: &[Arc<SourceUser>],
     accounts: &HashMap<IdpId, (String, String)>,
-    pending: &[&IdpId],
+    pending: &HashSet<&IdpId>,
 ) -> Vec<Action> {
     let by_id: HashMap<&IdpId, &Arc<SourceUser>> =
         users.iter().map(|user| (&user.id, user)).collect();
@@ -79,7 +80,7 @@ pub fn plan(
                     ..base
                 }),
             },
-            None if pending.contains(&&user.id) => actions.push(Action {
+            None if pending.contains(&user.id) => actions.push(Action {
                 reason: Some(format!("{attribute} is set once the account is created")),
                 ..base
             }),

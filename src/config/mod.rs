@@ -89,6 +89,8 @@ impl SourceConfig {
 pub struct FileSourceConfig {
     /// The export, resolved against the configuration file's directory.
     pub path: PathBuf,
+    /// CSV columns whose cells are lists separated by `;` (`groups` always is).
+    pub list_columns: Vec<String>,
 }
 
 /// `[source.okta]`.
@@ -459,6 +461,9 @@ impl Validator<'_> {
                 })?;
                 Ok(SourceConfig::File(FileSourceConfig {
                     path: self.dir.join(file.path),
+                    list_columns: file
+                        .list_columns
+                        .unwrap_or_else(|| vec!["groups".to_owned()]),
                 }))
             }
             "okta" => {

@@ -71,6 +71,7 @@ pub(super) struct RawEntra {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
     pub path: String,
+    pub list_columns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,7 +23,7 @@ use crate::model::{Attrs, IdpId, RejectedRecord, SourceKind, SourceRead, SourceU
 ///
 /// # Errors
 /// [`SourceError::Unreadable`] when the file cannot be read or parsed as a whole.
-pub fn read(path: &Path) -> Result<SourceRead, SourceError> {
+pub fn read(path: &Path, list_columns: &[String]) -> Result<SourceRead, SourceError> {
     let unreadable = |message: String| SourceError::Unreadable {
         location: path.display().to_string(),
         message,
@@ -37,7 +37,7 @@ pub fn read(path: &Path) -> Result<SourceRead, SourceError> {
         .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
     if is_csv {
         let bytes = std::fs::read(path).map_err(|error| unreadable(error.to_string()))?;
-        let records = parse_csv(&bytes).map_err(unreadable)?;
+        let records = parse_csv(&bytes, list_columns).map_err(unreadable)?;
         return Ok(normalise(&name, Numbering::Line, convert_all(records)));
     }
     let file = std::fs::File::open(path).map_err(|error| unreadable(error.to_string()))?;
@@ -171,7 +171,9 @@ impl Numbering {
     }
 }
 
-fn parse_csv(bytes: &[u8]) -> Result<Vec<(usize, Raw)>, String> {
+/// Reads a CSV export; the cells of `list_columns` are lists separated by `;`, every other cell
+/// is one value (a title such as "Director; Sales" stays one text).
+fn parse_csv(bytes: &[u8], list_columns: &[String]) -> Result<Vec<(usize, Raw)>, String> {
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -198,7 +200,8 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<(usize, Raw)>, String> {
         };
         let mut map = Map::new();
         for (header, cell) in headers.iter().zip(row.iter()) {
-            if let Some(value) = csv_cell(header, cell) {
+            let is_list = header == "groups" || list_columns.iter().any(|column| column == header);
+            if let Some(value) = csv_cell(cell, is_list) {
                 map.insert(header.clone(), value);
             }
         }
@@ -207,12 +210,12 @@ fn parse_csv(bytes: &[u8]) -> Result<Vec<(usize, Raw)>, String> {
     Ok(records)
 }
 
-fn csv_cell(header: &str, cell: &str) -> Option<Value> {
+fn csv_cell(cell: &str, is_list: bool) -> Option<Value> {
     let cell = cell.trim();
     if cell.is_empty() {
         return None;
     }
-    if header == "groups" || cell.contains(';') {
+    if is_list {
         let items: Vec<Value> = cell
             .split(';')
             .map(str::trim)

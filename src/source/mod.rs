@@ -51,7 +51,8 @@ pub async fn read(
     match config {
         SourceConfig::File(file) => {
             let path = file.path.clone();
-            tokio::task::spawn_blocking(move || file::read(&path))
+            let list_columns = file.list_columns.clone();
+            tokio::task::spawn_blocking(move || file::read(&path, &list_columns))
                 .await
                 .map_err(|error| SourceError::Unreadable {
                     location: "file source".into(),
@@ -60,6 +61,23 @@ pub async fn read(
         }
         SourceConfig::Okta(okta) => okta::read(okta, state, full).await,
         SourceConfig::Entra(entra) => entra::read(entra, state, full).await,
+    }
+}
+
+/// Whether [`read`] with these arguments reads the whole directory: the file source always
+/// does; Okta and Entra ID do when asked to, or when the state holds no cursor yet.
+pub fn reads_full(config: &SourceConfig, state: Option<&State>, full: bool) -> bool {
+    let has = |key: &str| {
+        state
+            .and_then(|state| state.meta(key).ok().flatten())
+            .is_some()
+    };
+    match config {
+        SourceConfig::File(_) => true,
+        SourceConfig::Okta(_) => full || !has(okta::WATERMARK_KEY),
+        SourceConfig::Entra(_) => {
+            full || !has(entra::USERS_LINK_KEY) || !has(entra::GROUPS_LINK_KEY)
+        }
     }
 }
 

@@ -8,7 +8,7 @@ fn read_text(name: &str, text: &str) -> SourceRead {
     std::fs::File::create(&path)
         .and_then(|mut file| file.write_all(text.as_bytes()))
         .expect("write");
-    read(&path).expect("readable")
+    read(&path, &["groups".to_owned(), "managedTeams".to_owned()]).expect("readable")
 }
 
 #[test]
@@ -75,6 +75,20 @@ fn csv_cells_are_typed_and_lists_split() {
 }
 
 #[test]
+fn a_csv_cell_with_a_semicolon_is_one_value_unless_its_column_is_a_list() {
+    let read = read_text(
+        "dir.csv",
+        "id,email,title,costCenter,groups\n\
+         E1,ana@x.com,Director; Sales,CC-1;CC-2,A;B\n",
+    );
+    assert!(read.rejected.is_empty(), "{:?}", read.rejected);
+    let ana = &read.users[0];
+    assert_eq!(ana.title.as_deref(), Some("Director; Sales"));
+    assert_eq!(ana.attrs.to_map()["costCenter"], "CC-1;CC-2");
+    assert_eq!(ana.groups, vec!["A", "B"]);
+}
+
+#[test]
 fn a_ragged_csv_row_is_rejected_alone() {
     let read = read_text(
         "dir.csv",
@@ -112,7 +126,7 @@ fn a_truncated_file_fails_the_whole_read() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("d.json");
     std::fs::write(&path, r#"[{"id": "a"}, {"id": "#).expect("write");
-    let error = read(&path).expect_err("truncated");
+    let error = read(&path, &[]).expect_err("truncated");
     assert!(
         error.to_string().contains("not a valid JSON array"),
         "{error}"
