@@ -1355,6 +1355,7 @@ fn bench_planner(settings: &Settings, work: &Path, report: &mut Report) {
                     digest: Some(user.digest),
                     pushed_digest: Some(attributes_digest(attributes.iter())),
                     not_kept: Vec::new(),
+                    unconfirmed: Vec::new(),
                 }),
             );
         }

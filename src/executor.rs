@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DeactivateWith, Protect, UpdateWith};
-use crate::model::{AccountStatus, Attributes, IdpId, Snapshot, TargetUser, attr};
+use crate::model::{AccountStatus, Attributes, IdpId, Keeping, Snapshot, TargetUser, attr};
 use crate::plan::{Action, Change, Op, Plan, diff};
 use crate::scim::client::{ScimClient, ScimError};
 use crate::scim::wire;
@@ -275,12 +275,9 @@ struct Confirmed {
 
 /// What the state must record for a confirmed action.
 enum Record {
-    /// The user's account `scim_id` is active with the action's attributes, of which
-    /// `not_kept` were not kept by SocialTalent.
-    Active {
-        scim_id: String,
-        not_kept: Vec<String>,
-    },
+    /// The user's account `scim_id` is active with the action's attributes; `keeping` says
+    /// which of them SocialTalent did not keep, or is still to confirm.
+    Active { scim_id: String, keeping: Keeping },
     /// The user's account is deactivated.
     Deactivated,
 }
@@ -394,7 +391,7 @@ impl Shared {
                     ))
                 });
                 let not_kept = match record {
-                    Record::Active { not_kept, .. } => not_kept,
+                    Record::Active { keeping, .. } => keeping.not_kept,
                     Record::Deactivated => Vec::new(),
                 };
                 self.finish(index, &action, recorded.map(|()| done), not_kept);
@@ -477,7 +474,7 @@ type Sent = (Done, Option<Record>);
 /// Records a confirmed action in the state.
 fn record_confirmed(state: &State, action: &Action, record: &Record) -> Result<(), ActionError> {
     match record {
-        Record::Active { scim_id, not_kept } => {
+        Record::Active { scim_id, keeping } => {
             let attributes = desired(action)?;
             let user_name = attributes
                 .get(attr::USER_NAME)
@@ -489,7 +486,7 @@ fn record_confirmed(state: &State, action: &Action, record: &Record) -> Result<(
                 user_name,
                 attributes,
                 action.digest,
-                not_kept,
+                keeping,
             )?;
         }
         Record::Deactivated => {
@@ -520,21 +517,21 @@ async fn carry_out(shared: &Shared, action: &Action) -> Result<Sent, ActionError
             // An account found by the read-back: take it over, then update it if it differs.
             let attributes = desired(action)?;
             let scim_id = scim_id(action)?;
-            let not_kept = if action.changes.is_empty() {
-                action.not_kept.clone()
+            let keeping = if action.changes.is_empty() {
+                action.keeping.clone()
             } else {
                 let answered = send_update(shared, scim_id, &action.changes, None).await?;
-                not_kept_by(
+                judged(
                     answered.as_ref(),
                     attributes,
                     &action.changes,
-                    &action.not_kept,
+                    &action.keeping,
                 )
             };
             Ok(confirmed(
                 Some("adopted an existing account".into()),
                 scim_id,
-                not_kept,
+                keeping,
             ))
         }
         Op::Update | Op::Reactivate => {
@@ -548,11 +545,11 @@ async fn carry_out(shared: &Shared, action: &Action) -> Result<Sent, ActionError
                 Ok(answered) => Ok(confirmed(
                     None,
                     scim_id,
-                    not_kept_by(
+                    judged(
                         answered.as_ref(),
                         attributes,
                         &action.changes,
-                        &action.not_kept,
+                        &action.keeping,
                     ),
                 )),
                 Err(ScimError::NotFound { .. }) => {
@@ -595,13 +592,13 @@ async fn carry_out(shared: &Shared, action: &Action) -> Result<Sent, ActionError
 }
 
 /// What an update or adoption confirmed: the account `scim_id` is active with the action's
-/// attributes, `not_kept` aside.
-fn confirmed(note: Option<String>, scim_id: &str, not_kept: Vec<String>) -> Sent {
+/// attributes, as far as `keeping` says SocialTalent kept them.
+fn confirmed(note: Option<String>, scim_id: &str, keeping: Keeping) -> Sent {
     (
         (note, Some(scim_id.to_owned())),
         Some(Record::Active {
             scim_id: scim_id.to_owned(),
-            not_kept,
+            keeping,
         }),
     )
 }
@@ -657,27 +654,53 @@ async fn send_update(
     }
 }
 
-/// The managed attributes SocialTalent did not keep, judged from a write's answer: those the
-/// user should have (`attributes`) that the answered account lacks. Without an answer (a
-/// `PATCH` answered `204`), what was known before stands for the attributes this write did not
-/// change; the others are judged by the next read-back.
-fn not_kept_by(
+/// What a write teaches about the attributes SocialTalent keeps. From an answer: the
+/// attributes the user should have (`attributes`) that the answered account lacks are not kept.
+/// Without one (a `PATCH` answered `204`): the attributes this write set are unconfirmed (the
+/// next read-back decides), and what was known `before` stands for the others.
+fn judged(
     answered: Option<&TargetUser>,
     attributes: &Attributes,
     changes: &[Change],
-    before: &[String],
-) -> Vec<String> {
+    before: &Keeping,
+) -> Keeping {
     match answered {
-        Some(account) => attributes
-            .keys()
-            .filter(|name| !account.attributes.contains_key(*name))
-            .cloned()
-            .collect(),
-        None => before
-            .iter()
-            .filter(|name| !changes.iter().any(|change| &change.attribute == *name))
-            .cloned()
-            .collect(),
+        Some(account) => Keeping {
+            not_kept: attributes
+                .keys()
+                .filter(|name| !account.attributes.contains_key(*name))
+                .cloned()
+                .collect(),
+            unconfirmed: Vec::new(),
+        },
+        None => {
+            let changed = |name: &String| changes.iter().any(|change| &change.attribute == name);
+            let mut unconfirmed: Vec<String> = before
+                .unconfirmed
+                .iter()
+                .filter(|name| !changed(name))
+                .cloned()
+                .chain(
+                    changes
+                        .iter()
+                        .filter(|change| {
+                            !change.to.is_null() && attributes.contains_key(&change.attribute)
+                        })
+                        .map(|change| change.attribute.clone()),
+                )
+                .collect();
+            unconfirmed.sort();
+            unconfirmed.dedup();
+            Keeping {
+                not_kept: before
+                    .not_kept
+                    .iter()
+                    .filter(|name| !changed(name))
+                    .cloned()
+                    .collect(),
+                unconfirmed,
+            }
+        }
     }
 }
 
@@ -692,11 +715,17 @@ async fn create_or_adopt(
     let extension = client.extension_schema();
     let document = wire::UserDocument::new(attributes, extension, true);
     match client.create(&document).await {
-        Ok((created_id, answered)) => Ok(confirmed(
-            None,
-            &created_id,
-            not_kept_by(answered.as_ref(), attributes, &[], &[]),
-        )),
+        Ok((created_id, answered)) => {
+            let keeping = match &answered {
+                Some(_) => judged(answered.as_ref(), attributes, &[], &Keeping::default()),
+                // Without an answer to judge by, every attribute is still to confirm.
+                None => Keeping {
+                    not_kept: Vec::new(),
+                    unconfirmed: attributes.keys().cloned().collect(),
+                },
+            };
+            Ok(confirmed(None, &created_id, keeping))
+        }
         Err(ScimError::Conflict { detail }) => {
             // The account exists: adopt it instead of creating a duplicate, if it may be ours.
             let existing = client
@@ -730,7 +759,7 @@ async fn create_or_adopt(
             Ok(confirmed(
                 Some("an account with this userName existed; adopted and updated".into()),
                 &existing.id,
-                not_kept_by(answered.as_ref(), attributes, &changes, &[]),
+                judged(answered.as_ref(), attributes, &changes, &Keeping::default()),
             ))
         }
         Err(error) => Err(error.into()),
@@ -890,7 +919,7 @@ role = "user"
             done: (None, Some(format!("st-{n}"))),
             record: Record::Active {
                 scim_id: format!("st-{n}"),
-                not_kept: Vec::new(),
+                keeping: Keeping::default(),
             },
         }
     }

@@ -566,6 +566,20 @@ pub struct UserRecord {
     /// a later read, lacked them): not sent again while their mapped value stays the same.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_kept: Vec<String>,
+    /// Managed attributes last written without an answer to judge by (a `PATCH` answered
+    /// `204`): the next read-back decides whether SocialTalent kept them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unconfirmed: Vec<String>,
+}
+
+/// What a write taught about the attributes SocialTalent keeps (see [`UserRecord::not_kept`]
+/// and [`UserRecord::unconfirmed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keeping {
+    /// Attributes the target did not keep.
+    pub not_kept: Vec<String>,
+    /// Attributes written without an answer to judge by.
+    pub unconfirmed: Vec<String>,
 }
 
 /// One provisioned IdP user as the planner sees it: a [`UserRecord`] whose attributes are
@@ -585,6 +599,9 @@ pub struct KnownUser {
     /// See [`UserRecord::not_kept`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_kept: Vec<String>,
+    /// See [`UserRecord::unconfirmed`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unconfirmed: Vec<String>,
     /// The attributes last confirmed by SocialTalent, when loaded
     /// ([`crate::state::State::load_pushed`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -600,6 +617,7 @@ impl From<UserRecord> for KnownUser {
             digest: record.digest,
             pushed_digest: record.pushed_digest,
             not_kept: record.not_kept,
+            unconfirmed: record.unconfirmed,
             pushed: Some(std::sync::Arc::new(record.pushed)),
         }
     }

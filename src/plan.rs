@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::config::{DriftPolicy, OrphanPolicy, SafetyConfig};
 use crate::mapping::{Decision, MappedUser};
 use crate::model::{
-    AccountStatus, Attributes, Digest, IdpId, KnownUser, Snapshot, SourceRead, TargetUser, attr,
-    attributes_digest, fold_user_name, same_value,
+    AccountStatus, Attributes, Digest, IdpId, Keeping, KnownUser, Snapshot, SourceRead, TargetUser,
+    attr, attributes_digest, fold_user_name, same_value,
 };
 
 /// What an action does.
@@ -94,9 +94,10 @@ pub struct Action {
     /// with them once SocialTalent confirms the write.
     #[serde(skip)]
     pub digest: Option<Digest>,
-    /// The managed attributes SocialTalent did not keep before this action (from the state).
+    /// What the state knows of the attributes SocialTalent keeps for this user, as this
+    /// action leaves it when it sends nothing to judge by.
     #[serde(skip)]
-    pub not_kept: Vec<String>,
+    pub keeping: Keeping,
 }
 
 impl Action {
@@ -113,7 +114,7 @@ impl Action {
             error: None,
             wave: 0,
             digest: None,
-            not_kept: Vec::new(),
+            keeping: Keeping::default(),
         }
     }
 }
@@ -142,6 +143,9 @@ pub struct Plan {
     pub not_kept: BTreeMap<IdpId, Vec<String>>,
     /// What the plan noticed that is worth a warning (attributes no longer managed).
     pub warnings: Vec<String>,
+    /// Users whose attributes last written without an answer the read-back judged: what the
+    /// state records of them now (sent nothing; recorded like [`Plan::refresh`]).
+    pub keeping: Vec<(IdpId, Keeping)>,
 }
 
 /// One attribute changed in SocialTalent since we pushed it.
@@ -345,6 +349,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
         },
         claimed: HashSet::new(),
         protected: HashSet::new(),
+        keeping: Vec::new(),
         protect: &safety.protect,
     };
     // Attributes a stored push holds that the mapping no longer manages, with how many users.
@@ -487,8 +492,13 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                         if action.attributes.is_some() {
                             action.digest = Some(user.digest);
                         }
-                        if let Some(record) = record {
-                            action.not_kept = record.not_kept.clone();
+                        if let Some(record) = record
+                            && action.keeping == Keeping::default()
+                        {
+                            action.keeping = Keeping {
+                                not_kept: record.not_kept.clone(),
+                                unconfirmed: record.unconfirmed.clone(),
+                            };
                         }
                         plan.actions.push(action);
                     }
@@ -539,7 +549,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
             error: Some(format!("{}: {}", rejected.location, rejected.error)),
             wave: 0,
             digest: None,
-            not_kept: Vec::new(),
+            keeping: Keeping::default(),
         });
     }
 
@@ -631,6 +641,15 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
         .filter(|(_, record)| record.status == AccountStatus::Active && !record.not_kept.is_empty())
         .map(|(idp_id, record)| (idp_id.clone(), record.not_kept.clone()))
         .collect();
+    for (idp_id, keeping) in &context.keeping {
+        if keeping.not_kept.is_empty() {
+            plan.not_kept.remove(idp_id);
+        } else {
+            plan.not_kept
+                .insert(idp_id.clone(), keeping.not_kept.clone());
+        }
+    }
+    plan.keeping = std::mem::take(&mut context.keeping);
 
     plan.held_reason = hold_reason(read, state, safety, &plan);
     if let Some(reason) = &plan.held_reason
@@ -698,6 +717,9 @@ struct Context<'a> {
     claimed: HashSet<String>,
     /// Accounts listed as protected in this run.
     protected: HashSet<String>,
+    /// Users whose unconfirmed attributes the read-back judged, with what the state should
+    /// record of them now.
+    keeping: Vec<(IdpId, Keeping)>,
     /// `[safety] protect`.
     protect: &'a crate::config::Protect,
 }
@@ -825,14 +847,31 @@ fn against_account(
     }
     let mut current = managed_part(&account.attributes, context.managed);
     // A value SocialTalent did not keep is not sent again (nor taken for drift) while its
-    // mapped value stays what we sent.
-    for name in &record.not_kept {
+    // mapped value stays what we sent. Values last written without an answer to judge by are
+    // judged now: absent, they were not kept.
+    let mut keeping = Keeping {
+        not_kept: record.not_kept.clone(),
+        unconfirmed: Vec::new(),
+    };
+    for name in &record.unconfirmed {
+        if !current.contains_key(name)
+            && pushed.get(name).is_some()
+            && !keeping.not_kept.contains(name)
+        {
+            keeping.not_kept.push(name.clone());
+        }
+    }
+    keeping.not_kept.sort();
+    for name in &keeping.not_kept {
         if !current.contains_key(name)
             && let Some(ours) = pushed.get(name)
             && same(name, Some(ours), attributes.get(name))
         {
             current.insert(name.clone(), ours.clone());
         }
+    }
+    if !record.unconfirmed.is_empty() {
+        context.keeping.push((user.idp_id.clone(), keeping.clone()));
     }
     let repair = context.drift_policy == DriftPolicy::Repair;
     let mut drifted = Vec::new();
@@ -908,6 +947,7 @@ fn against_account(
                 reason: Some(
                     "SocialTalent already matches; the state is brought up to date".into(),
                 ),
+                keeping,
                 ..Action::empty(Op::Adopt)
             });
         }
@@ -921,6 +961,7 @@ fn against_account(
         attributes: Some(attributes.clone()),
         changes,
         reason,
+        keeping,
         ..Action::empty(op)
     })
 }
@@ -1348,7 +1389,7 @@ fn skip(user: &MappedUser, record: Option<&KnownUser>, error: String) -> Action 
         error: Some(error),
         wave: 0,
         digest: None,
-        not_kept: Vec::new(),
+        keeping: Keeping::default(),
     }
 }
 
@@ -1364,7 +1405,7 @@ fn deactivation(idp_id: &IdpId, record: &KnownUser, reason: &str) -> Action {
         error: None,
         wave: 0,
         digest: None,
-        not_kept: Vec::new(),
+        keeping: Keeping::default(),
     }
 }
 

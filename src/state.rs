@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    AccountStatus, Attributes, CacheUpdate, Digest, FailureRecord, IdpId, KnownUser, Snapshot,
-    SourceCommit, SourceUser, UserRecord, attributes_digest,
+    AccountStatus, Attributes, CacheUpdate, Digest, FailureRecord, IdpId, Keeping, KnownUser,
+    Snapshot, SourceCommit, SourceUser, UserRecord, attributes_digest,
 };
 use crate::plan::Summary;
 
@@ -131,6 +131,8 @@ struct Head {
     pushed_digest: Option<Digest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     not_kept: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unconfirmed: Vec<String>,
 }
 
 impl Head {
@@ -144,6 +146,7 @@ impl Head {
             digest: record.digest,
             pushed_digest: None,
             not_kept: record.not_kept.clone(),
+            unconfirmed: record.unconfirmed.clone(),
         }
     }
 }
@@ -235,6 +238,7 @@ impl State {
                     digest: head.digest,
                     pushed_digest: head.pushed_digest,
                     not_kept: head.not_kept,
+                    unconfirmed: head.unconfirmed,
                     pushed: None,
                 },
             ));
@@ -286,7 +290,27 @@ impl State {
                 // Attributes that left the mapping are no longer ours: not kept in the state.
                 record.pushed.retain(|name, _| managed.contains(name));
                 record.not_kept.retain(|name| managed.contains(name));
+                record.unconfirmed.retain(|name| managed.contains(name));
                 self.write_user(idp_id, Head::of(&record), &record.pushed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what the read-back found of the attributes SocialTalent keeps for these users
+    /// (the record's `not_kept` and `unconfirmed`); their attributes and digests stay.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn record_keeping(&self, keeping: &[(IdpId, Keeping)]) -> Result<(), StateError> {
+        for (idp_id, keeping) in keeping {
+            let key = idp_id.0.as_bytes();
+            if let Some(old) = self.users.get(key).map_err(|e| self.storage(e))? {
+                let mut head: Head = self.decode(key, &old)?;
+                head.not_kept = keeping.not_kept.clone();
+                head.unconfirmed = keeping.unconfirmed.clone();
+                let value = serde_json::to_vec(&head).map_err(|e| self.storage(e))?;
+                self.users.insert(key, value).map_err(|e| self.storage(e))?;
             }
         }
         Ok(())
@@ -314,6 +338,7 @@ impl State {
             digest: head.digest,
             pushed_digest: head.pushed_digest,
             not_kept: head.not_kept,
+            unconfirmed: head.unconfirmed,
         }))
     }
 
@@ -355,8 +380,8 @@ impl State {
 
     /// Records that SocialTalent confirmed `pushed` as the attributes of the user's active
     /// account `scim_id` (a create, adoption, update or reactivation), with the digest of the
-    /// source user and mapping they come from and the attributes the target did not keep,
-    /// and clears the user's failure count.
+    /// source user and mapping they come from and what is known of the attributes the target
+    /// kept ([`Keeping`]), and clears the user's failure count.
     ///
     /// The user's record must hold no digest: a record that has one loses it with
     /// [`State::forget_digest`] before its write is sent (the executor does so for every
@@ -372,7 +397,7 @@ impl State {
         user_name: &str,
         pushed: &Attributes,
         digest: Option<Digest>,
-        not_kept: &[String],
+        keeping: &Keeping,
     ) -> Result<(), StateError> {
         let head = Head {
             scim_id: scim_id.to_owned(),
@@ -381,7 +406,8 @@ impl State {
             updated_at: now_rfc3339(),
             digest,
             pushed_digest: None,
-            not_kept: not_kept.to_vec(),
+            not_kept: keeping.not_kept.clone(),
+            unconfirmed: keeping.unconfirmed.clone(),
         };
         self.write_attributes_then_head(idp_id, head, pushed)?;
         self.clear_failures(idp_id)

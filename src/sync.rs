@@ -570,6 +570,7 @@ pub async fn run_once(
     };
     // Users found unchanged by comparison get their digest, so the next run skips them.
     state.refresh_digests(&plan.refresh, &config.mapping.attributes())?;
+    state.record_keeping(&plan.keeping)?;
     let mut results = execution.results;
     if execution.stopped.is_none() {
         for (action, result) in write_back(config, state, &mapped, &read).await? {

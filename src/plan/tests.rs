@@ -63,6 +63,7 @@ fn record(attributes: &Attributes, status: AccountStatus) -> KnownUser {
         digest: None,
         pushed_digest: Some(attributes_digest(attributes)),
         not_kept: Vec::new(),
+        unconfirmed: Vec::new(),
     })
 }
 

@@ -14,6 +14,7 @@ fn record(scim_id: &str) -> UserRecord {
         digest: Some(Digest(7)),
         pushed_digest: None,
         not_kept: Vec::new(),
+        unconfirmed: Vec::new(),
     }
 }
 
@@ -258,7 +259,14 @@ fn a_record_loses_its_digest_before_its_attributes_are_replaced() {
         serde_json::from_value(json!({"userName": "ana@example.com", "coreTeam": "Support"}))
             .expect("attributes");
     state
-        .record_active(&id, "s1", "ana@example.com", &newer, Some(Digest(9)), &[])
+        .record_active(
+            &id,
+            "s1",
+            "ana@example.com",
+            &newer,
+            Some(Digest(9)),
+            &Keeping::default(),
+        )
         .expect("records");
     let mut snapshot = state.snapshot().expect("reads");
     let known = &snapshot.users[&id];
@@ -285,7 +293,14 @@ fn a_success_clears_a_failure_count_found_on_disk() {
     let state = reopen(dir.path()).expect("reopens");
     let pushed = record("s1").pushed;
     state
-        .record_active(&id, "s1", "ana@example.com", &pushed, None, &[])
+        .record_active(
+            &id,
+            "s1",
+            "ana@example.com",
+            &pushed,
+            None,
+            &Keeping::default(),
+        )
         .expect("records");
     let snapshot = state.snapshot().expect("reads");
     assert!(

@@ -514,3 +514,33 @@ async fn a_value_the_target_does_not_keep_is_reported_and_not_sent_again() {
     assert_eq!(changed["summary"]["update"], created, "{changed:#}");
     assert_eq!(fake.count("PUT") as u64, created);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_patched_without_an_answer_is_judged_by_the_next_read_back() {
+    let fake = FakeScim::start().await;
+    fake.drop_undeclared("udf_shoeSize");
+    let mut ws = Workspace::new();
+    ws.peer.base_url = fake.base_url.clone();
+    ws.peer.token = fake.token.clone();
+    configure(&mut ws, "patch", true, "");
+    let first = ws.sync(&[], 0);
+    let created = first["summary"]["create"].as_u64().expect("creates");
+
+    // A new mapped attribute goes out by PATCH, answered 204: nothing to judge by yet.
+    ws.mapping = ws
+        .mapping
+        .replace("[mapping.udf]\n", "[mapping.udf]\nshoeSize = \"42\"\n");
+    let patched = ws.sync(&[], 0);
+    assert_eq!(patched["summary"]["update"], created, "{patched:#}");
+
+    // The next read-back finds it missing: not kept, reported, and not sent again.
+    fake.clear_requests();
+    let judged = ws.sync(&[], 0);
+    assert_eq!(judged["summary"]["update"], 0, "{judged:#}");
+    assert_eq!(judged["summary"]["drift_repaired"], 0);
+    assert_eq!(judged["summary"]["not_kept"], created);
+    assert_eq!(fake.count("PATCH"), 0);
+    let again = ws.sync(&[], 0);
+    assert_eq!(again["summary"]["update"], 0, "{again:#}");
+    assert_eq!(again["summary"]["not_kept"], created);
+}
