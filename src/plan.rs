@@ -651,6 +651,27 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
     }
     plan.keeping = std::mem::take(&mut context.keeping);
 
+    // Why users that did not change themselves are written (a group renamed or deleted).
+    if !read.reasons.is_empty() {
+        for action in &mut plan.actions {
+            let Some(why) = read.reasons.get(&action.idp_id) else {
+                continue;
+            };
+            match action.op {
+                Op::Create | Op::Update | Op::Reactivate if action.reason.is_none() => {
+                    action.reason = Some(why.clone());
+                }
+                Op::Deactivate => {
+                    action.reason = Some(format!(
+                        "{} ({why})",
+                        action.reason.as_deref().unwrap_or("deactivation")
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+
     plan.held_reason = hold_reason(read, state, safety, &plan);
     if let Some(reason) = &plan.held_reason
         && !allow_deactivations

@@ -363,6 +363,7 @@ mod tests {
                 removed: Vec::new(),
                 rejected: Vec::new(),
                 warnings: vec!["a warning".into()],
+                reasons: Default::default(),
                 commit: SourceCommit::default(),
             },
             plan: Plan {

@@ -577,6 +577,29 @@ impl State {
         }
     }
 
+    /// The cached source users who are in the group `name` (for a renamed or deleted group: the
+    /// members its old name reached, without a request to the IdP). Records that cannot hold
+    /// the name are skipped before they are decoded.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn cached_members_of(&self, name: &str) -> Result<Vec<SourceUser>, StateError> {
+        let needle = serde_json::to_string(name).map_err(|e| self.storage(e))?;
+        let finder = memchr::memmem::Finder::new(needle.as_bytes());
+        let mut members = Vec::new();
+        for item in self.source.iter() {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            if finder.find(&value).is_none() {
+                continue;
+            }
+            let user: SourceUser = self.decode(&key, &value)?;
+            if user.groups.iter().any(|group| group == name) {
+                members.push(user);
+            }
+        }
+        Ok(members)
+    }
+
     /// Applies a source's commit: its cursors and its cache changes, in one batch per tree.
     ///
     /// # Errors

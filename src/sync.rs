@@ -779,6 +779,7 @@ mod tests {
             removed: Vec::new(),
             rejected: Vec::new(),
             warnings: Vec::new(),
+            reasons: Default::default(),
             commit: SourceCommit::default(),
         }
     }

@@ -174,6 +174,7 @@ pub async fn read_one(
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings,
+        reasons: Default::default(),
         commit: SourceCommit::default(),
     }))
 }
@@ -1114,6 +1115,7 @@ fn empty_read(full: bool) -> SourceRead {
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings: Vec::new(),
+        reasons: Default::default(),
         commit: SourceCommit::default(),
     }
 }
