@@ -48,8 +48,6 @@ pub struct RunView<'a> {
     pub full: bool,
     /// Whether the run read SocialTalent back (orphans are planned only then).
     pub read_back: bool,
-    /// IdP users the run read as active and in scope: they are back.
-    pub back: &'a HashSet<IdpId>,
     /// IdP users whose account the state still holds as active (after the run): a hold of
     /// anyone else is moot (the account is gone or already deactivated).
     pub still_active: &'a HashSet<IdpId>,
@@ -60,10 +58,13 @@ pub struct RunView<'a> {
 /// The pending holds after a run: the run's own holds (keeping when each was first held),
 /// plus every earlier hold that the run neither carried out nor made moot.
 ///
-/// A hold is done when the run deactivated that account; it is moot when the user is back
-/// (read active and in scope), the state no longer holds an active account for that user, or a
-/// full run (with read-back, for orphans) no longer plans it. A released deactivation that
-/// failed stays pending.
+/// A hold is done when the run deactivated that account; it is moot when the state no longer
+/// holds an active account for that user (the account is gone), or when a full run (with
+/// read-back, for orphans) no longer plans it: a full run reads everyone, so a user who is back
+/// in the source is seen there. An incremental run never makes a hold moot by what it read: it
+/// may fill users in from the source cache (Okta's membership events), which can be older than
+/// the hold, and absence-based holds cannot be judged from a partial read. A released
+/// deactivation that failed stays pending.
 pub fn carry(previous: &[HeldEntry], run: &RunView<'_>) -> Vec<HeldEntry> {
     let before: BTreeMap<HoldKey, &HeldEntry> = previous
         .iter()
@@ -102,7 +103,7 @@ pub fn carry(previous: &[HeldEntry], run: &RunView<'_>) -> Vec<HeldEntry> {
         let moot = if entry.idp_id.0.is_empty() {
             run.full && run.read_back
         } else {
-            run.full || run.back.contains(&entry.idp_id) || !run.still_active.contains(&entry.idp_id)
+            run.full || !run.still_active.contains(&entry.idp_id)
         };
         if !moot {
             pending.insert(key, entry.clone());
@@ -186,7 +187,6 @@ mod tests {
         plan: &'a Plan,
         results: Option<&'a [ActionResult]>,
         full: bool,
-        back: &'a HashSet<IdpId>,
         still_active: &'a HashSet<IdpId>,
     ) -> RunView<'a> {
         RunView {
@@ -194,7 +194,6 @@ mod tests {
             results,
             full,
             read_back: full,
-            back,
             still_active,
             now: "2026-12-03T12:00:00Z",
         }
@@ -208,9 +207,8 @@ mod tests {
     fn an_incremental_run_keeps_what_a_full_run_held() {
         let previous = vec![entry("a", "night"), entry("b", "night")];
         let plan = Plan::default();
-        let none = ids(&[]);
         let active = ids(&["a", "b"]);
-        let pending = carry(&previous, &view(&plan, Some(&[]), false, &none, &active));
+        let pending = carry(&previous, &view(&plan, Some(&[]), false, &active));
         assert_eq!(pending, previous);
     }
 
@@ -221,25 +219,23 @@ mod tests {
             actions: vec![held("a"), held("c")],
             ..Plan::default()
         };
-        let none = ids(&[]);
         let active = ids(&["a", "c"]);
         let results = [ActionResult::NotSent, ActionResult::NotSent];
-        let pending = carry(&previous, &view(&plan, Some(&results), true, &none, &active));
+        let pending = carry(&previous, &view(&plan, Some(&results), true, &active));
         assert_eq!(keys_of(&pending), ["a", "c"]);
         assert_eq!(pending[0].since, "night");
         assert_eq!(pending[1].since, "2026-12-03T12:00:00Z");
     }
 
     #[test]
-    fn holds_become_moot_when_the_user_is_back_or_the_account_gone() {
-        let previous = vec![entry("a", "n"), entry("b", "n"), entry("c", "n")];
+    fn holds_become_moot_when_the_account_is_gone_or_a_full_run_no_longer_plans_them() {
+        let previous = vec![entry("a", "n"), entry("b", "n")];
         let plan = Plan::default();
-        let back = ids(&["a"]);
-        let active = ids(&["a", "c"]);
-        let pending = carry(&previous, &view(&plan, Some(&[]), false, &back, &active));
-        assert_eq!(keys_of(&pending), ["c"], "a is back, b's account is gone");
-        // A full run that plans none of them again: all moot.
-        let pending = carry(&previous, &view(&plan, Some(&[]), true, &ids(&[]), &active));
+        let active = ids(&["a"]);
+        let pending = carry(&previous, &view(&plan, Some(&[]), false, &active));
+        assert_eq!(keys_of(&pending), ["a"], "b's account is gone");
+        // A full run that plans none of them again (the users are back): all moot.
+        let pending = carry(&previous, &view(&plan, Some(&[]), true, &active));
         assert!(pending.is_empty());
     }
 
@@ -266,10 +262,10 @@ mod tests {
             },
         ];
         let active = ids(&["b"]);
-        let pending = carry(&previous, &view(&plan, Some(&results), true, &ids(&[]), &active));
+        let pending = carry(&previous, &view(&plan, Some(&results), true, &active));
         assert_eq!(keys_of(&pending), ["b"]);
         // A dry run takes its deactivations as done.
-        let pending = carry(&previous, &view(&plan, None, true, &ids(&[]), &active));
+        let pending = carry(&previous, &view(&plan, None, true, &active));
         assert!(pending.is_empty());
     }
 
@@ -302,7 +298,7 @@ mod tests {
         }];
         let plan = Plan::default();
         let none = ids(&[]);
-        let mut run = view(&plan, Some(&[]), true, &none, &none);
+        let mut run = view(&plan, Some(&[]), true, &none);
         run.read_back = false;
         assert_eq!(carry(&previous, &run).len(), 1);
         run.read_back = true;

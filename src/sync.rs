@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SecretError};
 use crate::executor::{self, ActionResult, WriteSettings};
 use crate::holds::{self, HoldKey};
-use crate::mapping::{Decision, MappedUser};
+use crate::mapping::MappedUser;
 use crate::model::{AccountStatus, IdpId, Snapshot, SourceRead};
 use crate::net::limiter::Limiter;
 use crate::plan::{self, Op, Plan};
@@ -489,10 +489,9 @@ pub async fn run_once(
         mapped,
     } = planned;
     let extension_schema = config.target.extension_schema.clone();
-    let back = back_in_source(&mapped);
     let (Mode::Apply, Some(state)) = (mode, state) else {
         let pending_holds = match state {
-            Some(state) => carry_holds(config, state, &read, &plan, None, &snapshot, &back)?,
+            Some(state) => carry_holds(config, state, &read, &plan, None, &snapshot)?,
             None => Vec::new(),
         };
         return Ok(RunOutcome {
@@ -550,7 +549,7 @@ pub async fn run_once(
             results.push(result);
         }
     }
-    let pending_holds = carry_holds(config, state, &read, &plan, Some(&results), &snapshot, &back)?;
+    let pending_holds = carry_holds(config, state, &read, &plan, Some(&results), &snapshot)?;
     state.set_pending_holds(&pending_holds)?;
     let outcome = RunOutcome {
         mode: Mode::Apply,
@@ -577,15 +576,6 @@ pub async fn run_once(
     Ok(outcome)
 }
 
-/// IdP users the run read as active and in scope.
-fn back_in_source(mapped: &[MappedUser]) -> HashSet<IdpId> {
-    mapped
-        .iter()
-        .filter(|user| matches!(user.decision, Decision::Provision(_) | Decision::Unchanged))
-        .map(|user| user.idp_id.clone())
-        .collect()
-}
-
 /// The pending holds after this run ([`holds::carry`]); `results` is `None` for a dry run.
 fn carry_holds(
     config: &Config,
@@ -594,7 +584,6 @@ fn carry_holds(
     plan: &Plan,
     results: Option<&[ActionResult]>,
     snapshot: &Snapshot,
-    back: &HashSet<IdpId>,
 ) -> Result<Vec<HeldEntry>, StateError> {
     let previous = state.pending_holds()?;
     let still_active: HashSet<IdpId> = previous
@@ -615,7 +604,6 @@ fn carry_holds(
             results,
             full: read.full,
             read_back: read.full && config.reconcile.read_back,
-            back,
             still_active: &still_active,
             now: &now,
         },
