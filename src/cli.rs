@@ -794,7 +794,8 @@ pub async fn preview_to(
         .find(|action| action.idp_id == user.id);
     let action_json = action.map_or_else(|| json!({"op": "none"}), |action| json!(action));
     if output == OutputFormat::Json {
-        let _ = writeln!(out, 
+        let _ = writeln!(
+            out,
             "{}",
             pretty(&json!({
                 "user": user.as_ref(),
@@ -805,7 +806,8 @@ pub async fn preview_to(
             }))
         );
     } else {
-        let _ = writeln!(out, 
+        let _ = writeln!(
+            out,
             "Source attributes of {} ({}):\n{}\n",
             user.label(),
             user.id,
@@ -825,7 +827,11 @@ pub async fn preview_to(
             Some(action) => {
                 let _ = writeln!(out, "\nAction: {:?}", action.op);
                 for change in &action.changes {
-                    let _ = writeln!(out, "  {}: {} → {}", change.attribute, change.from, change.to);
+                    let _ = writeln!(
+                        out,
+                        "  {}: {} → {}",
+                        change.attribute, change.from, change.to
+                    );
                 }
                 if let Some(reason) = action.reason.as_ref().or(action.error.as_ref()) {
                     let _ = writeln!(out, "  {reason}");

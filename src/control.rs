@@ -382,7 +382,10 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&text).expect("json")["command"],
             "sync"
         );
-        assert_eq!(serde_json::from_str::<Request>(&text).expect("back"), request);
+        assert_eq!(
+            serde_json::from_str::<Request>(&text).expect("back"),
+            request
+        );
         let response = Response::failure(2, "bad\nthing");
         let text = serde_json::to_string(&response).expect("json");
         assert!(!text.contains('\n'), "newlines are escaped: {text}");

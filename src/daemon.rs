@@ -123,7 +123,8 @@ pub async fn run(
     loop {
         if next.is_none() {
             tracing::error!(
-                message = "The schedule has no future tick; waiting for a reload, a request or a stop."
+                message =
+                    "The schedule has no future tick; waiting for a reload, a request or a stop."
             );
         }
         let due = next.map(|(when, _)| when);
@@ -287,8 +288,7 @@ impl Daemon {
         let approved = || Release::Pending(release.clone().unwrap_or_default());
         let (dry_run, options, output) = match request {
             Request::Status { output } => {
-                return match StatusReport::of(&self.state, config.safety.failure_quarantine_after)
-                {
+                return match StatusReport::of(&self.state, config.safety.failure_quarantine_after) {
                     Ok(report) => Response {
                         code: 0,
                         stdout: cli::render_status(&report, *output),
@@ -377,7 +377,9 @@ impl Daemon {
                         stdout: String::from_utf8_lossy(&out).into_owned(),
                         stderr: String::new(),
                     },
-                    Err(error) => Response::failure(1, &format!("cannot write the report: {error}")),
+                    Err(error) => {
+                        Response::failure(1, &format!("cannot write the report: {error}"))
+                    }
                 }
             }
             Some(Err(error)) => {

@@ -117,7 +117,11 @@ pub fn carry(previous: &[HeldEntry], run: &RunView<'_>) -> Vec<HeldEntry> {
 /// held stays held. Returns how many were released.
 pub fn release(plan: &mut Plan, approved: &BTreeSet<HoldKey>) -> usize {
     let mut released = 0;
-    for action in plan.actions.iter_mut().filter(|action| action.op == Op::Held) {
+    for action in plan
+        .actions
+        .iter_mut()
+        .filter(|action| action.op == Op::Held)
+    {
         if !approved.contains(&key_of(&action.idp_id, action.scim_id.as_deref())) {
             continue;
         }

@@ -272,7 +272,11 @@ pub fn write_text(outcome: &RunOutcome, mut to: impl std::io::Write) -> std::io:
             out,
             "{} deactivation(s) held by an earlier run {} pending until released (`socialtalent-sync approve`) or moot:",
             earlier.len(),
-            if outcome.mode == Mode::DryRun { "would stay" } else { "stay" }
+            if outcome.mode == Mode::DryRun {
+                "would stay"
+            } else {
+                "stay"
+            }
         );
         for entry in earlier {
             let _ = writeln!(out, "  ! {} — {}", entry.user_name, entry.reason);

@@ -245,14 +245,7 @@ pub fn plan_read(
         let wanted = plan::needs_pushed(&mapped, &snapshot, None, &managed);
         state.load_pushed(&mut snapshot, &wanted)?;
     }
-    Ok(plan_mapped(
-        config,
-        read,
-        mapped,
-        snapshot,
-        None,
-        release,
-    ))
+    Ok(plan_mapped(config, read, mapped, snapshot, None, release))
 }
 
 fn plan_mapped(

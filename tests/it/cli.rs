@@ -539,7 +539,11 @@ fn a_hand_run_sync_does_not_start_an_empty_state_where_the_configuration_names_n
             .arg(&config)
             .args(args));
         run.expect_code(2);
-        assert!(run.stderr.contains("--new-state"), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("--new-state"),
+            "{args:?}: {}",
+            run.stderr
+        );
         assert!(
             run.stderr.contains(DEFAULT_STATE_DIR) && run.stderr.contains("[state] path"),
             "{args:?}: {}",
@@ -557,7 +561,11 @@ fn a_hand_run_sync_does_not_start_an_empty_state_where_the_configuration_names_n
         .arg(&config)
         .args(["approve", "--output", "json"]));
     approve.expect_code(2);
-    assert!(approve.stderr.contains("nothing is held"), "{}", approve.stderr);
+    assert!(
+        approve.stderr.contains("nothing is held"),
+        "{}",
+        approve.stderr
+    );
     sandbox.assert_no_state();
     // A dry run creates nothing and needs no flag (the README's first command).
     let dry = sandbox.run(&[
@@ -583,7 +591,11 @@ fn a_hand_run_sync_does_not_start_an_empty_state_where_the_configuration_names_n
         .arg("--config")
         .arg(&refused)
         .args(["sync", "--new-state", "--output", "json"]));
-    assert!(!started.stderr.contains("--new-state"), "{}", started.stderr);
+    assert!(
+        !started.stderr.contains("--new-state"),
+        "{}",
+        started.stderr
+    );
     assert!(sandbox.path().join(DEFAULT_STATE_DIR).join("db").exists());
 }
 

@@ -383,15 +383,23 @@ async fn held_deactivations_stay_pending_across_incremental_runs_until_approve_r
     assert_eq!(op_of(&held.json, "00u4").0, "held");
 
     // An incremental run comes next; the holds are not forgotten.
-    eventually(&ws, Duration::from_secs(20), "an incremental run", async || {
-        let (_, body) = get(port, "/healthz").await?;
-        let health: Value = serde_json::from_str(&body).ok()?;
-        (health["last_run"]["full"] == false).then_some(())
-    })
+    eventually(
+        &ws,
+        Duration::from_secs(20),
+        "an incremental run",
+        async || {
+            let (_, body) = get(port, "/healthz").await?;
+            let health: Value = serde_json::from_str(&body).ok()?;
+            (health["last_run"]["full"] == false).then_some(())
+        },
+    )
     .await;
     let status = ws.run(&["status", "--output", "json"]);
     assert_eq!(status.code, 0, "{}", status.stderr);
-    assert_eq!(held_ids(&status.json["held_deactivations"]), ["00u3", "00u4"]);
+    assert_eq!(
+        held_ids(&status.json["held_deactivations"]),
+        ["00u3", "00u4"]
+    );
     let (code, body) = get(port, "/healthz").await.expect("healthz");
     assert_eq!(code, 200, "pending holds do not fail /healthz: {body}");
     let health: Value = serde_json::from_str(&body).expect("JSON");
@@ -436,10 +444,17 @@ async fn held_deactivations_stay_pending_across_incremental_runs_until_approve_r
     }
     assert_eq!(ws.peer.users().await.len(), 2);
     let status = ws.run(&["status", "--output", "json"]);
-    assert_eq!(held_ids(&status.json["held_deactivations"]), Vec::<String>::new());
+    assert_eq!(
+        held_ids(&status.json["held_deactivations"]),
+        Vec::<String>::new()
+    );
     let again = ws.run(&["approve", "--output", "text"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
-    assert!(again.stdout.contains("nothing to release"), "{}", again.stdout);
+    assert!(
+        again.stdout.contains("nothing to release"),
+        "{}",
+        again.stdout
+    );
 
     signal(&daemon.child, libc::SIGTERM);
     assert_eq!(
@@ -559,7 +574,9 @@ async fn the_watchdog_is_fed_only_while_the_run_makes_progress() {
     .await;
     let messages = received.await.expect("collected");
     assert!(
-        messages.iter().any(|(_, message)| message.contains("READY=1")),
+        messages
+            .iter()
+            .any(|(_, message)| message.contains("READY=1")),
         "{messages:?}"
     );
     let pings: Vec<Duration> = messages
