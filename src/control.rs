@@ -37,6 +37,9 @@ pub const SOCKET_NAME: &str = "control.sock";
 const NOTE_NAME: &str = "control";
 /// The longest request line the server reads.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// How long a client may take to send its request line (a silent client must not hold a
+/// connection task, which shutdown waits for, forever).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A command sent to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,10 +231,12 @@ pub async fn serve(
 async fn serve_connection(stream: UnixStream, server: Server) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(reader)
-        .take(MAX_REQUEST_BYTES)
-        .read_line(&mut line)
-        .await?;
+    let mut reader = BufReader::new(reader).take(MAX_REQUEST_BYTES);
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line within 10 s")
+        })??;
     let response = match serde_json::from_str::<Request>(&line) {
         Err(error) => Response::failure(2, &format!("the daemon cannot read the request: {error}")),
         Ok(request) => answer(request, &server).await,
