@@ -886,8 +886,13 @@ pub async fn preview_to(
 }
 
 async fn status(config: &Config, output: OutputFormat) -> Result<u8, Failure> {
-    if let Some(code) = served_by_daemon(config, &Request::Status { output }).await? {
-        return Ok(code);
+    // A user who may not use the control socket can still read a loopback `/status` below.
+    match served_by_daemon(config, &Request::Status { output }).await {
+        Ok(Some(code)) => return Ok(code),
+        Ok(None) => {}
+        Err(failure) => {
+            tracing::debug!(message = "The control socket did not serve status.", error = %failure.message);
+        }
     }
     let report = match open_state(config, false) {
         Ok(None) => StatusReport::uninitialised(&config.state.path),

@@ -349,7 +349,8 @@ impl Daemon {
                 (*dry_run, options, *output)
             }
         };
-        if let Release::Pending(keys) = &options.release
+        // `approve` with nothing pending has nothing to run for (a `sync` still runs).
+        if let (Request::Approve { .. }, Release::Pending(keys)) = (request, &options.release)
             && keys.is_empty()
         {
             return Response {
