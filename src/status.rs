@@ -145,19 +145,19 @@ impl StatusReport {
             out.push_str("  none\n");
         }
         for entry in &self.held_deactivations {
-            let since = if entry.since.is_empty() {
-                String::new()
-            } else {
-                format!(", held since {}", entry.since)
-            };
             let identity = if entry.idp_id.0.is_empty() {
                 format!("account {}", entry.scim_id.as_deref().unwrap_or_default())
             } else {
                 entry.idp_id.to_string()
             };
+            let since = if entry.since.is_empty() {
+                String::new()
+            } else {
+                format!(" — held since {}", entry.since)
+            };
             let _ = writeln!(
                 out,
-                "  {} ({identity}{since}): {}",
+                "  {} ({identity}): {}{since}",
                 entry.user_name, entry.reason
             );
         }
