@@ -20,7 +20,7 @@ pub struct StatusReport {
     pub users: UserCounts,
     /// The last runs, newest first.
     pub last_runs: Vec<RunRecord>,
-    /// Deactivations held by the last run.
+    /// Deactivations held and still pending (until released with `approve`, or moot).
     pub held_deactivations: Vec<HeldEntry>,
     /// Users whose writes are failing.
     pub failing_users: Vec<FailingUser>,
@@ -81,7 +81,7 @@ impl StatusReport {
                 active,
                 deactivated: snapshot.users.len() - active,
             },
-            held_deactivations: runs.first().map(|run| run.held.clone()).unwrap_or_default(),
+            held_deactivations: state.pending_holds()?,
             last_runs: runs,
             failing_users: snapshot
                 .failures
@@ -138,15 +138,27 @@ impl StatusReport {
                     .unwrap_or_default(),
             );
         }
-        out.push_str("\nHeld deactivations (last run):\n");
+        out.push_str(
+            "\nHeld deactivations (pending until released with `socialtalent-sync approve`, or moot):\n",
+        );
         if self.held_deactivations.is_empty() {
             out.push_str("  none\n");
         }
         for entry in &self.held_deactivations {
+            let identity = if entry.idp_id.0.is_empty() {
+                format!("account {}", entry.scim_id.as_deref().unwrap_or_default())
+            } else {
+                entry.idp_id.to_string()
+            };
+            let since = if entry.since.is_empty() {
+                String::new()
+            } else {
+                format!(" — held since {}", entry.since)
+            };
             let _ = writeln!(
                 out,
-                "  {} ({}): {}",
-                entry.user_name, entry.idp_id, entry.reason
+                "  {} ({identity}): {}{since}",
+                entry.user_name, entry.reason
             );
         }
         out.push_str("\nFailing users:\n");
