@@ -161,7 +161,7 @@ mod tests {
             user_name: format!("{idp_id}@example.com"),
             scim_id: Some(format!("s-{idp_id}")),
             reason: Some(
-                "no longer in source; held: 3 deactivations exceed the limit of 0 (review, then run `sync --allow-deactivations`)"
+                "no longer in source; held: 3 deactivations exceed the limit of 0 (review, then run `socialtalent-sync approve`)"
                     .into(),
             ),
             ..Action::empty(Op::Held)

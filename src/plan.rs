@@ -679,7 +679,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
         for action in plan.actions.iter_mut().filter(|a| a.op == Op::Deactivate) {
             action.op = Op::Held;
             action.reason = Some(format!(
-                "{}; held: {reason} (review, then run `sync --allow-deactivations`)",
+                "{}; held: {reason} (review, then run `socialtalent-sync approve`)",
                 action.reason.as_deref().unwrap_or("deactivation")
             ));
         }

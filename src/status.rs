@@ -24,6 +24,10 @@ pub struct StatusReport {
     pub held_deactivations: Vec<HeldEntry>,
     /// Users whose writes are failing.
     pub failing_users: Vec<FailingUser>,
+    /// Managed attributes SocialTalent did not keep, with how many active users they concern
+    /// (not sent again until their mapped value changes).
+    #[serde(default)]
+    pub not_kept: std::collections::BTreeMap<String, usize>,
 }
 
 /// Provisioned users by status.
@@ -63,6 +67,7 @@ impl StatusReport {
             last_runs: Vec::new(),
             held_deactivations: Vec::new(),
             failing_users: Vec::new(),
+            not_kept: std::collections::BTreeMap::new(),
         }
     }
 
@@ -74,7 +79,18 @@ impl StatusReport {
         let snapshot = state.snapshot()?;
         let runs = state.recent_runs(10)?;
         let active = snapshot.active_count();
+        let mut not_kept = std::collections::BTreeMap::new();
+        for record in snapshot
+            .users
+            .values()
+            .filter(|record| record.status == crate::model::AccountStatus::Active)
+        {
+            for attribute in &record.not_kept {
+                *not_kept.entry(attribute.clone()).or_insert(0) += 1;
+            }
+        }
         Ok(StatusReport {
+            not_kept,
             state: state.path().display().to_string(),
             initialised: true,
             users: UserCounts {
@@ -178,6 +194,18 @@ impl StatusReport {
                     ""
                 },
                 user.last_error
+            );
+        }
+        out.push_str(
+            "\nNot kept by SocialTalent (not sent again until the mapped value changes):\n",
+        );
+        if self.not_kept.is_empty() {
+            out.push_str("  none\n");
+        }
+        for (attribute, users) in &self.not_kept {
+            let _ = writeln!(
+                out,
+                "  {attribute}: {users} user(s) (does SocialTalent declare it? `check-config --connect` lists what it does not)"
             );
         }
         out
