@@ -895,6 +895,13 @@ mod tests {
         state
             .set_meta(source::okta::WATERMARK_KEY, "2026-12-01T00:00:00Z")
             .expect("meta");
+        assert!(
+            source::reads_full(&okta.source, Some(&state), false),
+            "a state without the group names is read in full once"
+        );
+        state
+            .set_meta(source::okta::GROUP_NAMES_KEY, "{}")
+            .expect("meta");
         assert!(!source::reads_full(&okta.source, Some(&state), false));
         assert!(source::reads_full(&okta.source, Some(&state), true));
         let error = SyncError::Internal("the source failed".into());
