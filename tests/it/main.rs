@@ -9,6 +9,7 @@ mod entra;
 mod fake_graph_selftest;
 mod fake_okta_selftest;
 mod faults;
+mod group_changes;
 mod okta;
 mod readback;
 mod scim_client;
