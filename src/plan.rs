@@ -882,6 +882,8 @@ fn against_account(
             keeping.not_kept.push(name.clone());
         }
     }
+    // One SocialTalent now holds (it was given the attribute since) is kept after all.
+    keeping.not_kept.retain(|name| !current.contains_key(name));
     keeping.not_kept.sort();
     for name in &keeping.not_kept {
         if !current.contains_key(name)
@@ -891,7 +893,7 @@ fn against_account(
             current.insert(name.clone(), ours.clone());
         }
     }
-    if !record.unconfirmed.is_empty() {
+    if !record.unconfirmed.is_empty() || keeping.not_kept != record.not_kept {
         context.keeping.push((user.idp_id.clone(), keeping.clone()));
     }
     let repair = context.drift_policy == DriftPolicy::Repair;
