@@ -467,7 +467,13 @@ impl Validator<'_> {
                     client_id: okta.client_id,
                     private_key,
                     scopes: okta.scopes.unwrap_or_else(|| {
-                        vec!["okta.users.read".to_owned(), "okta.groups.read".to_owned()]
+                        // Every run reads users and groups; every incremental run reads the
+                        // System Log for membership changes.
+                        vec![
+                            "okta.users.read".to_owned(),
+                            "okta.groups.read".to_owned(),
+                            "okta.logs.read".to_owned(),
+                        ]
                     }),
                     suspended_is_active: okta.suspended_is_active.unwrap_or(false),
                     groups,
@@ -506,7 +512,9 @@ impl Validator<'_> {
                     tenant_id: non_empty(self, "source.entra.tenant_id", entra.tenant_id)?,
                     client_id: non_empty(self, "source.entra.client_id", entra.client_id)?,
                     client_secret,
-                    certificate_file: entra.certificate_file.map(|path| self.dir.join(path)),
+                    certificate_file: entra
+                        .certificate_file
+                        .map(|path| secret::locate_secret_file(&path, self.dir)),
                     private_key,
                     extra_attributes: entra.extra_attributes.unwrap_or_default(),
                     groups,
