@@ -451,8 +451,11 @@ async fn check_config(config: &Config, connect: bool) -> Result<u8, Failure> {
             config.state.path.display()
         );
     }
-    if connect {
+    // Connecting with a credential known to be missing or unusable would only repeat it.
+    if connect && problems == 0 {
         problems += check_connections(config).await?;
+    } else if connect {
+        println!("  not connecting: fix the problems above first");
     }
     if problems > 0 {
         return Err(Failure::usage(format!(

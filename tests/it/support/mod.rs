@@ -261,6 +261,26 @@ pub fn wait_until_unlocked(state_path: &Path) {
     }
 }
 
+/// A request quoted back as a misconfigured gateway, a proxy or an IdP error page does: the
+/// request line, every header (credentials included) and the body, as text.
+pub fn quote_request(
+    method: &str,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> String {
+    let mut quoted = format!("{method} {uri} HTTP/1.1\n");
+    for (name, value) in headers {
+        quoted.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    quoted.push('\n');
+    quoted.push_str(&String::from_utf8_lossy(body));
+    quoted
+}
+
 /// The bundled example directory.
 pub fn example_directory() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/directory.json");
