@@ -14,7 +14,10 @@
 //!    `password` header, form field, query parameter or JSON member;
 //! 3. any credential after an authentication scheme (`Bearer`, `SSWS`, `DPoP`, `Basic`);
 //! 4. any JWT-shaped string (three base64url segments separated by dots, starting `eyJ`) and
-//!    the base64 form of one.
+//!    the base64 form of one;
+//!
+//! and before all of these, any run of 40 or more base64 characters whose decoded text holds
+//! something the steps above remove (a gateway's base64 trace of a request).
 //!
 //! Each removed stretch becomes `***`. Where it runs: [`read_body`] scrubs an error answer as
 //! it is read from the network, so every message built from it is clean; the log writer
@@ -167,8 +170,61 @@ fn forms_of(value: &str) -> Vec<String> {
     forms
 }
 
+/// A long run of base64 (standard or URL-safe): possibly an encoded copy of a request.
+static ENCODED_RUN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[A-Za-z0-9+/_-]{40,}={0,2}").expect("the base64 pattern is a valid regex")
+});
+
+/// Decodes base64 whatever its alphabet, padding and trailing bits.
+fn decode_lenient(run: &str) -> Option<Vec<u8>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let config = GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone);
+    let trimmed = run.trim_end_matches('=');
+    // A length of 1 modulo 4 cannot be base64: the last character is a stray one.
+    let trimmed = if trimmed.len() % 4 == 1 {
+        &trimmed[..trimmed.len() - 1]
+    } else {
+        trimmed
+    };
+    let alphabet = if trimmed.contains(['-', '_']) {
+        base64::alphabet::URL_SAFE
+    } else {
+        base64::alphabet::STANDARD
+    };
+    GeneralPurpose::new(&alphabet, config).decode(trimmed).ok()
+}
+
 /// `text` without any secret, token, assertion or credential value (see the module docs).
 pub fn scrub(text: &str) -> Cow<'_, str> {
+    // First whole base64 runs, while they are intact (their alignment is known only then): a
+    // run whose decoded text holds anything this step removes goes as a whole.
+    let text = match ENCODED_RUN.replace_all(text, |found: &regex::Captures<'_>| {
+        let run = &found[0];
+        match decode_lenient(run) {
+            Some(decoded)
+                if matches!(
+                    scrub_plain(&String::from_utf8_lossy(&decoded)),
+                    Cow::Owned(_)
+                ) =>
+            {
+                MASK.to_owned()
+            }
+            _ => run.to_owned(),
+        }
+    }) {
+        Cow::Borrowed(_) => Cow::Borrowed(text),
+        Cow::Owned(clean) => Cow::Owned(clean),
+    };
+    match scrub_plain(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(clean) => Cow::Owned(clean),
+    }
+}
+
+/// The steps of [`scrub`] but the decoding of base64 runs.
+fn scrub_plain(text: &str) -> Cow<'_, str> {
     let matcher = REGISTRY
         .read()
         .unwrap_or_else(|poison| poison.into_inner())

@@ -63,15 +63,29 @@ impl Evidence {
         use base64::Engine as _;
         use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
         assert!(!self.items.is_empty(), "nothing collected");
+        // A secret inside a longer base64 text (`Basic base64(id:secret)`, a base64 trace of a
+        // request) shows as one of three strings, by its offset modulo 3: each is a needle.
+        let base64_forms = |secret: &str| -> Vec<Vec<u8>> {
+            let mut forms = Vec::new();
+            for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                for shift in 0..3 {
+                    let mut bytes = vec![0_u8; shift];
+                    bytes.extend_from_slice(secret.as_bytes());
+                    let encoded = engine.encode(&bytes);
+                    let start = [0, 2, 3][shift];
+                    let end = encoded.len() - usize::from(bytes.len() % 3 != 0);
+                    forms.push(encoded.as_bytes()[start..end].to_vec());
+                }
+            }
+            forms
+        };
         let needles: Vec<Vec<u8>> = secrets
             .iter()
             .filter(|secret| secret.len() >= 12)
             .flat_map(|secret| {
-                [
-                    secret.clone().into_bytes(),
-                    STANDARD_NO_PAD.encode(secret).into_bytes(),
-                    URL_SAFE_NO_PAD.encode(secret).into_bytes(),
-                ]
+                let mut forms = vec![secret.clone().into_bytes()];
+                forms.extend(base64_forms(secret));
+                forms
             })
             .collect();
         for (label, bytes) in &self.items {
@@ -82,7 +96,7 @@ impl Evidence {
                 {
                     panic!(
                         "a secret ({}…) appears in {label}:\n{}",
-                        String::from_utf8_lossy(&needle[..12]),
+                        String::from_utf8_lossy(&needle[..needle.len().min(12)]),
                         String::from_utf8_lossy(bytes)
                     );
                 }

@@ -151,3 +151,26 @@ fn an_error_body_is_scrubbed_and_stays_json() {
     let value: serde_json::Value = serde_json::from_slice(&clean).expect("still JSON");
     assert_eq!(value["errorSummary"], "Invalid token: Authorization: ***");
 }
+
+#[test]
+fn a_base64_copy_of_a_request_with_a_credential_is_removed() {
+    let request = "GET /api/v1/users HTTP/1.1\nauthorization: DPoP some-token-value\ndpop: \
+                   eyJ0eXAiOiJkcG9wK2p3dCJ9.eyJodG0iOiJHRVQifQ.c2ln\n\n";
+    for prefix in ["", "x", "xy"] {
+        let trace = STANDARD.encode(format!("{prefix}{request}"));
+        assert_eq!(
+            scrub(&format!("trace: {trace}")),
+            "trace: ***",
+            "{prefix:?}"
+        );
+        let trace = URL_SAFE.encode(format!("{prefix}{request}"));
+        assert_eq!(
+            scrub(&format!("trace: {trace}")),
+            "trace: ***",
+            "{prefix:?}"
+        );
+    }
+    // Base64 of ordinary text stays.
+    let harmless = STANDARD.encode("a long and harmless text, with no credential in it at all");
+    assert_eq!(scrub(&harmless), harmless.as_str());
+}

@@ -11,6 +11,7 @@ pub mod peer;
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use serde_json::Value;
 
 use peer::ScimPeer;
@@ -262,7 +263,8 @@ pub fn wait_until_unlocked(state_path: &Path) {
 }
 
 /// A request quoted back as a misconfigured gateway, a proxy or an IdP error page does: the
-/// request line, every header (credentials included) and the body, as text.
+/// request line, every header (credentials included) and the body, as text, followed by a
+/// `trace:` line holding all of it base64-encoded (as gateways that log requests do).
 pub fn quote_request(
     method: &str,
     uri: &axum::http::Uri,
@@ -278,6 +280,9 @@ pub fn quote_request(
     }
     quoted.push('\n');
     quoted.push_str(&String::from_utf8_lossy(body));
+    let trace = base64::engine::general_purpose::STANDARD.encode(quoted.as_bytes());
+    quoted.push_str("\ntrace: ");
+    quoted.push_str(&trace);
     quoted
 }
 
