@@ -1493,7 +1493,7 @@ impl Inner {
         match self.take_fault(&path, true) {
             Some(FaultKind::Delay(d)) => delay = Some(d),
             Some(FaultKind::Echo(status)) => {
-                let quoted = super::quote_request(method.as_str(), uri, headers, body);
+                let quoted = super::quote::quote_request(method.as_str(), uri, headers, body);
                 fault_resp = Some(echo_response(status, login, &quoted));
             }
             Some(kind) => fault_resp = Some(self.fault_response(&kind, login)),

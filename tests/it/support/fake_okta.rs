@@ -1086,7 +1086,7 @@ impl Inner {
         match self.take_fault(&path, true) {
             Some(FaultKind::Fail(status)) => fault_resp = Some(fail_response(status)),
             Some(FaultKind::Echo(status)) => {
-                let quoted = super::quote_request(method.as_str(), uri, headers, body);
+                let quoted = super::quote::quote_request(method.as_str(), uri, headers, body);
                 fault_resp = Some(echo_response(status, &quoted));
             }
             Some(FaultKind::RateLimit(reset_in)) => {

@@ -290,7 +290,8 @@ async fn handle(AxumState(inner): AxumState<Arc<Mutex<ScimState>>>, request: Req
             return respond(*status, headers, body.clone().into_bytes());
         }
         if let Some(FaultKind::Echo { status }) = &fault {
-            let quoted = super::quote_request(&method, &parts.uri, &parts.headers, body.as_bytes());
+            let quoted =
+                super::quote::quote_request(&method, &parts.uri, &parts.headers, body.as_bytes());
             let body = if *status >= 500 {
                 format!("upstream failed for the request:\n{quoted}")
             } else {
