@@ -282,8 +282,10 @@ pub async fn check(config: &EntraConfig) -> Result<String, SourceError> {
         let manager = client
             .get_json(&format!("/v1.0/users/{}/manager?$select=id", encode(id)))
             .await;
-        if manager.is_ok() {
-            read.push("a manager".to_owned());
+        match &manager {
+            Ok(Some(_)) => read.push("a manager".to_owned()),
+            Ok(None) => read.push("a manager (that user has none)".to_owned()),
+            Err(_) => {}
         }
         outcomes.push(manager.map(drop));
     }
