@@ -511,7 +511,12 @@ impl State {
         let mut runs = Vec::new();
         for item in self.runs.iter().rev().take(limit) {
             let (key, value) = item.map_err(|e| self.storage(e))?;
-            runs.push(self.decode(&key, &value)?);
+            // Scrubbed again on the way out: the redaction step may know more secrets now than
+            // when the record was stored or the state was opened.
+            match scrubbed_json(&value) {
+                Some(clean) => runs.push(self.decode(&key, &clean)?),
+                None => runs.push(self.decode(&key, &value)?),
+            }
         }
         Ok(runs)
     }

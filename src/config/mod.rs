@@ -264,7 +264,10 @@ pub struct ObservabilityConfig {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, and registers every secret it gives that can
+    /// be read now with the redaction step (so that text stored before, such as the state's run
+    /// records, can be scrubbed of them before anything is sent). A secret that cannot be read
+    /// is not an error here: a command fails on it only when it needs it.
     ///
     /// # Errors
     /// [`ConfigError`] for the first problem found: unreadable file, TOML syntax, unknown key,
@@ -276,7 +279,12 @@ impl Config {
             location: None,
             message: format!("cannot read the configuration: {error}"),
         })?;
-        Config::parse(path, &text)
+        let config = Config::parse(path, &text)?;
+        for secret in config.secrets() {
+            // Resolving registers the value; a missing one is reported where it is needed.
+            let _ = secret.resolve();
+        }
+        Ok(config)
     }
 
     /// Validates configuration text as if read from `path`.

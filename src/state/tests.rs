@@ -408,3 +408,23 @@ fn the_state_is_private_and_an_open_directory_is_named() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     assert_eq!(open_to_others(&path), Some(0o755));
 }
+
+#[test]
+fn run_records_are_scrubbed_on_the_way_out_of_secrets_learnt_later() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("opens");
+    // Stored before the process knew the secret (an older version's record, say).
+    let record = failed_run("the token L8terKnownSecretValue42 is not valid");
+    let value = serde_json::to_vec(&record).expect("serialises");
+    state
+        .runs
+        .insert(9_u64.to_be_bytes(), value)
+        .expect("writes");
+    crate::net::redact::register_secret("L8terKnownSecretValue42");
+    let runs = state.recent_runs(1).expect("reads");
+    assert_eq!(
+        runs[0].error.as_deref(),
+        Some("the token *** is not valid"),
+        "{runs:?}"
+    );
+}

@@ -1705,3 +1705,61 @@ async fn the_state_is_private_whatever_the_umask() {
         assert_eq!(mode, wanted, "{} is {mode:o}", path.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_records_an_older_version_stored_are_scrubbed_on_upgrade() {
+    let okta = okta_org().await;
+    let okta_token = sekret("okta");
+    let place = Place::new();
+    let text = config(
+        &format!(
+            "[source]\nkind = \"okta\"\n[source.okta]\norg_url = \"{}\"\ntoken = \"${{SECRETS_TEST_OKTA}}\"\n",
+            okta.url
+        ),
+        "http://127.0.0.1:9/v2",
+        "token = \"${SECRETS_TEST_SCIM}\"",
+        "",
+    );
+    let env = [
+        ("SECRETS_TEST_OKTA", okta_token.as_str()),
+        ("SECRETS_TEST_SCIM", "scim-token-of-the-upgrade-test"),
+    ];
+    // A state as an older version left it: a run record quoting the token (no header to
+    // recognise it by, only its value), and no redaction level.
+    let state = place.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    {
+        let db = sled::open(state.join("db")).expect("sled");
+        db.open_tree("meta")
+            .expect("meta")
+            .insert("format_version", "2")
+            .expect("write");
+        let record = json!({
+            "started_at": "2026-11-30T10:00:00Z", "finished_at": "2026-11-30T10:00:02Z",
+            "full": false, "source": "okta", "users_read": 0,
+            "summary": {}, "outcome": "failed",
+            "error": format!("Okta rejected /api/v1/users (401: the token {okta_token} was revoked)"),
+            "held": [],
+        });
+        db.open_tree("runs")
+            .expect("runs")
+            .insert(
+                1_u64.to_be_bytes(),
+                serde_json::to_vec(&record).expect("json"),
+            )
+            .expect("write");
+        db.flush().expect("flush");
+    }
+    crate::support::wait_until_unlocked(&state);
+    let mut evidence = Evidence::default();
+    for args in [vec!["status", "--output", "json"], vec!["status"]] {
+        let output = place.run(&text, &env, &args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("was revoked"),
+            "the record is kept: {stdout}"
+        );
+        expect(&mut evidence, &format!("{args:?}"), &output, 0);
+    }
+    evidence.assert_clean(&[okta_token]);
+}
