@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, LazyLock, RwLock};
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use regex::Regex;
@@ -91,7 +91,8 @@ pub fn register_secret(value: &str) {
     register(value, true);
 }
 
-/// Remembers a token or assertion the process obtained or made (the last 64 are kept).
+/// Remembers a token or assertion the process obtained or made (the last 64 are kept; a JWT
+/// is not kept, its shape is enough).
 pub fn register_issued(value: &str) {
     register(value, false);
 }
@@ -99,6 +100,16 @@ pub fn register_issued(value: &str) {
 fn register(value: &str, lasting: bool) {
     let value = value.trim();
     if value.len() < MIN_SECRET_LEN {
+        return;
+    }
+    // A JWT (every assertion the process makes, and most access tokens) is removed by its
+    // shape, and its base64 forms with the base64 runs that hold them: registering each one
+    // would only rebuild the matcher on every token request.
+    if !lasting
+        && JWT
+            .find(value)
+            .is_some_and(|found| found.len() == value.len())
+    {
         return;
     }
     let mut registry = REGISTRY
@@ -126,6 +137,8 @@ fn register(value: &str, lasting: bool) {
     forms.sort_unstable();
     forms.dedup();
     registry.matcher = AhoCorasickBuilder::new()
+        // The quickest to build: a new secret or token is registered while a request waits.
+        .kind(Some(AhoCorasickKind::NoncontiguousNFA))
         .match_kind(MatchKind::LeftmostLongest)
         .build(&forms)
         .ok()

@@ -174,3 +174,22 @@ fn a_base64_copy_of_a_request_with_a_credential_is_removed() {
     let harmless = STANDARD.encode("a long and harmless text, with no credential in it at all");
     assert_eq!(scrub(&harmless), harmless.as_str());
 }
+
+#[test]
+fn an_issued_jwt_is_removed_by_shape_in_every_form() {
+    let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJpc3N1ZWQtand0LXRlc3QifQ.c2lnbmVkLWJ5LXRoZS10ZXN0";
+    register_issued(jwt);
+    let form: String = url::form_urlencoded::byte_serialize(jwt.as_bytes()).collect();
+    assert_eq!(
+        scrub(&format!("client_assertion_x {form}")),
+        "client_assertion_x ***"
+    );
+    for prefix in ["", "a", "ab"] {
+        let encoded = STANDARD.encode(format!("{prefix}assertion {jwt} sent"));
+        assert_eq!(
+            scrub(&format!("trace {encoded}")),
+            "trace ***",
+            "{prefix:?}"
+        );
+    }
+}
