@@ -7,8 +7,8 @@
 //!
 //! 1. every registered value, in plain form, URL-encoded, JSON-escaped and base64-encoded
 //!    (standard and URL-safe, at any of the three byte alignments, so the secret is found
-//!    inside a longer encoded text such as `Basic base64(id:secret)` too); a PEM secret also
-//!    line by line;
+//!    inside a longer encoded text such as `Basic base64(id:secret)` too); a PEM secret
+//!    (base64 already) in plain form, JSON-escaped and line by line;
 //! 2. the value of any `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie`, `DPoP`,
 //!    `client_secret`, `client_assertion`, `access_token`, `refresh_token`, `id_token` or
 //!    `password` header, form field, query parameter or JSON member;
@@ -46,14 +46,17 @@ const MIN_SECRET_LEN: usize = 6;
 /// is removed by shape anyway; this catches their encoded forms.)
 const ISSUED_KEPT: usize = 64;
 
-/// The secrets the process knows, and a matcher over all their forms.
+/// The secrets the process knows, each with its forms, and a matcher over all the forms.
 struct Registry {
     /// Configured secrets, kept for the process's life.
-    lasting: Vec<String>,
+    lasting: Vec<(String, Vec<String>)>,
     /// Issued tokens and assertions, newest last.
-    issued: VecDeque<String>,
+    issued: VecDeque<(String, Vec<String>)>,
     /// Matches every form of every value above; `None` while there is none.
     matcher: Option<Arc<AhoCorasick>>,
+    /// Whether a value was registered since `matcher` was built. The matcher is rebuilt by
+    /// the next [`scrub`], so that registering (while a token request waits) stays cheap.
+    stale: bool,
 }
 
 static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
@@ -61,6 +64,7 @@ static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
         lasting: Vec::new(),
         issued: VecDeque::new(),
         matcher: None,
+        stale: false,
     })
 });
 
@@ -115,40 +119,75 @@ fn register(value: &str, lasting: bool) {
     let mut registry = REGISTRY
         .write()
         .unwrap_or_else(|poison| poison.into_inner());
-    if registry.lasting.iter().any(|known| known == value)
-        || registry.issued.iter().any(|known| known == value)
+    if registry.lasting.iter().any(|(known, _)| known == value)
+        || registry.issued.iter().any(|(known, _)| known == value)
     {
         return;
     }
+    let entry = (value.to_owned(), forms_of(value));
     if lasting {
-        registry.lasting.push(value.to_owned());
+        registry.lasting.push(entry);
     } else {
-        registry.issued.push_back(value.to_owned());
+        registry.issued.push_back(entry);
         while registry.issued.len() > ISSUED_KEPT {
             registry.issued.pop_front();
         }
     }
-    let mut forms: Vec<String> = registry
-        .lasting
-        .iter()
-        .chain(registry.issued.iter())
-        .flat_map(|value| forms_of(value))
-        .collect();
-    forms.sort_unstable();
-    forms.dedup();
-    registry.matcher = AhoCorasickBuilder::new()
-        // The quickest to build: a new secret or token is registered while a request waits.
-        .kind(Some(AhoCorasickKind::NoncontiguousNFA))
-        .match_kind(MatchKind::LeftmostLongest)
-        .build(&forms)
-        .ok()
-        .map(Arc::new);
+    registry.stale = true;
+}
+
+/// The matcher over every registered form, rebuilt first when a value was registered since.
+fn matcher() -> Option<Arc<AhoCorasick>> {
+    {
+        let registry = REGISTRY.read().unwrap_or_else(|poison| poison.into_inner());
+        if !registry.stale {
+            return registry.matcher.clone();
+        }
+    }
+    let mut registry = REGISTRY
+        .write()
+        .unwrap_or_else(|poison| poison.into_inner());
+    if registry.stale {
+        let mut forms: Vec<&str> = registry
+            .lasting
+            .iter()
+            .chain(registry.issued.iter())
+            .flat_map(|(_, forms)| forms.iter().map(String::as_str))
+            .collect();
+        forms.sort_unstable();
+        forms.dedup();
+        let matcher = AhoCorasickBuilder::new()
+            // The quickest kind to build; it is rebuilt whenever a value is registered.
+            .kind(Some(AhoCorasickKind::NoncontiguousNFA))
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&forms)
+            .ok()
+            .map(Arc::new);
+        registry.matcher = matcher;
+        registry.stale = false;
+    }
+    registry.matcher.clone()
 }
 
 /// The forms in which `value` may travel: plain, URL-encoded (both ways), JSON-escaped,
 /// base64 (standard and URL-safe, at the three byte alignments), and a PEM's lines.
 fn forms_of(value: &str) -> Vec<String> {
     let mut forms = vec![value.to_owned()];
+    if value.contains("-----BEGIN ") {
+        // A PEM is base64 already: its lines are what can leak (a body quoted in part or
+        // re-wrapped), and the whole text JSON-escaped.
+        if let Ok(json) = serde_json::to_string(value) {
+            forms.push(json.trim_matches('"').to_owned());
+        }
+        forms.extend(
+            value
+                .lines()
+                .map(str::trim)
+                .filter(|line| line.len() >= 16 && !line.starts_with("-----"))
+                .map(str::to_owned),
+        );
+        return forms;
+    }
     let form_encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
     forms.push(form_encoded.replace('+', "%20"));
     forms.push(form_encoded);
@@ -169,13 +208,6 @@ fn forms_of(value: &str) -> Vec<String> {
             };
             if end > start + MIN_SECRET_LEN {
                 forms.push(encoded[start..end].to_owned());
-            }
-        }
-    }
-    if value.contains("-----BEGIN ") {
-        for line in value.lines().map(str::trim) {
-            if line.len() >= 16 && !line.starts_with("-----") {
-                forms.push(line.to_owned());
             }
         }
     }
@@ -238,11 +270,7 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
 
 /// The steps of [`scrub`] but the decoding of base64 runs.
 fn scrub_plain(text: &str) -> Cow<'_, str> {
-    let matcher = REGISTRY
-        .read()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .matcher
-        .clone();
+    let matcher = matcher();
     let mut text = Cow::Borrowed(text);
     if let Some(matcher) = matcher
         && matcher.is_match(text.as_ref())
