@@ -23,6 +23,8 @@
 mod fake_graph;
 #[path = "../tests/it/support/fake_okta.rs"]
 mod fake_okta;
+#[path = "../tests/it/support/quote.rs"]
+mod quote;
 
 use std::path::Path;
 use std::time::Instant;

@@ -193,7 +193,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(failure) => {
             tracing::debug!(message = "Command failed.", code = failure.code);
-            eprintln!("error: {}", failure.message);
+            eprintln!("error: {}", crate::net::redact::scrub(&failure.message));
             failure.code
         }
     };
@@ -299,7 +299,8 @@ fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every log line, at every level, passes the redaction step on its way out.
+        .with_writer(|| crate::net::redact::Redacting(std::io::stderr()))
         .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests running commands in one process) is harmless.
     let _ = match format {
@@ -593,17 +594,35 @@ async fn check_config(config: &Config, connect: bool) -> Result<u8, Failure> {
         config.mapping.attributes().join(", ")
     );
     let mut problems = 0;
+    let mut secrets_present = true;
     for secret in config.secrets() {
         match secret.resolve() {
             Ok(_) => println!("  secret {}: present", secret.key),
             Err(error) => {
                 problems += 1;
+                secrets_present = false;
                 println!("  secret {}: MISSING — {error}", secret.key);
             }
         }
     }
-    if connect {
+    // A key or certificate that is present but unusable fails here as it would in `sync`.
+    if secrets_present && let Err(error) = crate::source::check_credentials(&config.source) {
+        problems += 1;
+        println!("  credentials: INVALID — {error}");
+    }
+    if let Some(mode) = crate::state::open_to_others(&config.state.path) {
+        println!(
+            "  state: WARNING — {} is open to other users (mode {mode:04o}); it holds names, \
+             emails and SocialTalent ids: chmod 700 {}",
+            config.state.path.display(),
+            config.state.path.display()
+        );
+    }
+    // Connecting with a credential known to be missing or unusable would only repeat it.
+    if connect && problems == 0 {
         problems += check_connections(config).await?;
+    } else if connect {
+        println!("  not connecting: fix the problems above first");
     }
     if problems > 0 {
         return Err(Failure::usage(format!(

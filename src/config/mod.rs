@@ -296,7 +296,10 @@ pub struct ObservabilityConfig {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, and registers every secret it gives that can
+    /// be read now with the redaction step (so that text stored before, such as the state's run
+    /// records, can be scrubbed of them before anything is sent). A secret that cannot be read
+    /// is not an error here: a command fails on it only when it needs it.
     ///
     /// # Errors
     /// [`ConfigError`] for the first problem found: unreadable file, TOML syntax, unknown key,
@@ -308,7 +311,12 @@ impl Config {
             location: None,
             message: format!("cannot read the configuration: {error}"),
         })?;
-        Config::parse(path, &text)
+        let config = Config::parse(path, &text)?;
+        for secret in config.secrets() {
+            // Resolving registers the value; a missing one is reported where it is needed.
+            let _ = secret.resolve();
+        }
+        Ok(config)
     }
 
     /// Validates configuration text as if read from `path`.
@@ -502,7 +510,13 @@ impl Validator<'_> {
                     client_id: okta.client_id,
                     private_key,
                     scopes: okta.scopes.unwrap_or_else(|| {
-                        vec!["okta.users.read".to_owned(), "okta.groups.read".to_owned()]
+                        // Every run reads users and groups; every incremental run reads the
+                        // System Log for membership changes.
+                        vec![
+                            "okta.users.read".to_owned(),
+                            "okta.groups.read".to_owned(),
+                            "okta.logs.read".to_owned(),
+                        ]
                     }),
                     suspended_is_active: okta.suspended_is_active.unwrap_or(false),
                     groups,
@@ -541,7 +555,9 @@ impl Validator<'_> {
                     tenant_id: non_empty(self, "source.entra.tenant_id", entra.tenant_id)?,
                     client_id: non_empty(self, "source.entra.client_id", entra.client_id)?,
                     client_secret,
-                    certificate_file: entra.certificate_file.map(|path| self.dir.join(path)),
+                    certificate_file: entra
+                        .certificate_file
+                        .map(|path| secret::locate_secret_file(&path, self.dir)),
                     private_key,
                     extra_attributes: entra.extra_attributes.unwrap_or_default(),
                     groups,

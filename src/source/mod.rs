@@ -164,6 +164,20 @@ impl Writer {
     }
 }
 
+/// Builds the source's credentials as a run would, without contacting anything: resolves the
+/// secrets and parses the private key and the certificate (for `check-config`).
+///
+/// # Errors
+/// [`SourceError::Secret`] when a secret is missing; [`SourceError::Unreadable`] naming the
+/// configuration key whose key or certificate cannot be used.
+pub fn check_credentials(config: &SourceConfig) -> Result<(), SourceError> {
+    match config {
+        SourceConfig::Okta(okta) => okta::client(okta).map(drop),
+        SourceConfig::Entra(entra) => entra::client(entra).map(drop),
+        SourceConfig::File(_) => Ok(()),
+    }
+}
+
 /// Authenticates to the source and reads a little, for `check-config --connect`; returns a
 /// one-line description of what it saw.
 ///

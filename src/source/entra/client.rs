@@ -472,7 +472,11 @@ impl GraphClient {
             let response = request.send().await.map_err(transport)?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body: Vec<u8> = response.bytes().await.map_err(transport)?.into();
+            // An error answer comes back scrubbed: it may quote the request back.
+            let body: Vec<u8> = crate::net::redact::read_body(response)
+                .await
+                .map_err(transport)?
+                .into();
             if status.is_success() {
                 return Ok(Answer { body });
             }

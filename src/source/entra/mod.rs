@@ -247,23 +247,67 @@ pub async fn read_one(
     }))
 }
 
-/// Gets a token and reads one page of users (for `check-config --connect`).
+/// Authenticates and reads from every endpoint a run uses: the first page of the users delta
+/// query (with the `$select` a run uses) and of the groups delta query (with members), and one
+/// user's manager. Every endpoint is tried; a refusal names the permission that is missing.
 ///
 /// # Errors
-/// [`SourceError`] when Entra ID refuses or cannot be reached.
+/// [`SourceError::Secret`] or [`SourceError::Unreadable`] when the credentials cannot be built;
+/// [`SourceError::Unreadable`] listing every endpoint that failed.
 pub async fn check(config: &EntraConfig) -> Result<String, SourceError> {
     let client = client(config)?;
-    let mut seen = 0;
-    client
-        .get_pages("/v1.0/users?$top=1&$select=id", |items| {
-            seen = items.len();
+    let mut read = Vec::new();
+    let mut failed = Vec::new();
+    let mut first_user = None;
+    let users = client
+        .get_pages(
+            &format!("/v1.0/users/delta?$select={}", encode(&select(config))),
+            |items| {
+                first_user = items
+                    .iter()
+                    .find_map(|item| item.get("id").and_then(Value::as_str).map(str::to_owned));
+                read.push(format!("users delta ({})", items.len()));
+                Ok(false)
+            },
+        )
+        .await;
+    let mut outcomes = vec![users.map(drop)];
+    let groups = client
+        .get_pages("/v1.0/groups/delta?$select=displayName,members", |items| {
+            read.push(format!("groups delta ({})", items.len()));
             Ok(false)
         })
-        .await
-        .map_err(|error| unreadable(config, error))?;
+        .await;
+    outcomes.push(groups.map(drop));
+    if let Some(id) = &first_user {
+        let manager = client
+            .get_json(&format!("/v1.0/users/{}/manager?$select=id", encode(id)))
+            .await;
+        match &manager {
+            Ok(Some(_)) => read.push("a manager".to_owned()),
+            Ok(None) => read.push("a manager (that user has none)".to_owned()),
+            Err(_) => {}
+        }
+        outcomes.push(manager.map(drop));
+    }
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => {}
+            // Authentication failing fails every endpoint alike: say it once.
+            Err(error @ (GraphError::Auth(_) | GraphError::Unauthorized { .. })) => {
+                return Err(unreadable(config, error));
+            }
+            Err(error) => failed.push(error.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(unreadable(config, failed.join("; ")));
+    }
     Ok(format!(
-        "authenticated to tenant {} as {}; read a page of {seen} user(s)",
-        config.tenant_id, config.client_id
+        "authenticated to tenant {} as {}; read {}",
+        config.tenant_id,
+        config.client_id,
+        read.join(", ")
     ))
 }
 

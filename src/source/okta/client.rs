@@ -536,7 +536,11 @@ impl OktaClient {
             {
                 inner.gates.close(&bucket, wait + jitter());
             }
-            let body: Vec<u8> = response.bytes().await.map_err(transport)?.into();
+            // An error answer comes back scrubbed: it may quote the request back.
+            let body: Vec<u8> = crate::net::redact::read_body(response)
+                .await
+                .map_err(transport)?
+                .into();
             if status.is_success() {
                 return Ok(Answer { headers, body });
             }

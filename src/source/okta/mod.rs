@@ -189,23 +189,45 @@ pub async fn read_one(
     }))
 }
 
-/// Authenticates and reads one page of users (for `check-config --connect`).
+/// Authenticates and reads one item from every endpoint a run uses: users, groups and the
+/// System Log (membership changes, on every incremental run). Every endpoint is tried; a
+/// refusal names the scope or admin role that is missing.
 ///
 /// # Errors
-/// [`SourceError`] when Okta refuses or cannot be reached.
+/// [`SourceError::Secret`] or [`SourceError::Unreadable`] when the credentials cannot be built;
+/// [`SourceError::Unreadable`] listing every endpoint that failed.
 pub async fn check(config: &OktaConfig) -> Result<String, SourceError> {
     let client = client(config)?;
-    let mut seen = 0;
-    client
-        .get_pages("/api/v1/users?limit=1", None, |items| {
-            seen = items.len();
-            Ok(false)
-        })
-        .await
-        .map_err(|error| unreadable(config, error))?;
+    let mut read = Vec::new();
+    let mut failed = Vec::new();
+    for (what, path) in [
+        ("users", "/api/v1/users?limit=1"),
+        ("groups", "/api/v1/groups?limit=1"),
+        ("System Log", "/api/v1/logs?limit=1"),
+    ] {
+        let mut seen = 0;
+        let result = client
+            .get_pages(path, None, |items| {
+                seen = items.len();
+                Ok(false)
+            })
+            .await;
+        match result {
+            Ok(_) => read.push(format!("{what} ({seen})")),
+            // Authentication failing fails every endpoint alike: say it once.
+            Err(error @ (OktaError::Auth(_) | OktaError::Unauthorized { .. })) => {
+                return Err(unreadable(config, error));
+            }
+            Err(error) => failed.push(error.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(unreadable(config, failed.join("; ")));
+    }
     Ok(format!(
-        "authenticated to {}; read a page of {seen} user(s)",
-        config.org_url
+        "authenticated to {}; read a page of {}",
+        config.org_url,
+        read.join(", ")
     ))
 }
 

@@ -729,6 +729,14 @@ impl FakeGraph {
         inner.rounds.clear();
     }
 
+    /// The next `times` requests whose path starts with `path_prefix` get `status` with the
+    /// request quoted back, as a proxy or a misconfigured gateway may answer: 500 as a
+    /// plain-text page, others in Graph's error envelope (an AADSTS-style OAuth error on the
+    /// token endpoint) whose message quotes it.
+    pub fn echo_next(&self, path_prefix: &str, status: u16, times: usize) {
+        self.add_fault(path_prefix, FaultKind::Echo(status), times);
+    }
+
     /// The next `times` requests whose path starts with `path_prefix` get `status` with Graph's
     /// error envelope (or an AADSTS error on the token endpoint), without `Retry-After`.
     pub fn fail_next(&self, path_prefix: &str, status: u16, times: usize) {
@@ -1190,6 +1198,8 @@ struct Round {
 #[derive(Clone, Debug)]
 enum FaultKind {
     Fail(u16),
+    /// Answer this status with the request quoted back (headers and body).
+    Echo(u16),
     Throttle(String),
     Unavailable(String),
     Delay(Duration),
@@ -1272,6 +1282,29 @@ impl Resp {
 type Params = Vec<(String, String)>;
 
 /// A query option by name, case-insensitively (`$select`, `$deltaToken`, …).
+fn echo_response(status: u16, login: bool, quoted: &str) -> Resp {
+    if status >= 500 {
+        return Resp {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: format!("upstream failed for the request:\n{quoted}").into_bytes(),
+        };
+    }
+    let body = if login {
+        json!({
+            "error": "invalid_client",
+            "error_description": format!("AADSTS7000215: Invalid request: {quoted}"),
+            "error_codes": [7000215],
+        })
+    } else {
+        json!({"error": {
+            "code": "InvalidAuthenticationToken",
+            "message": format!("Invalid request: {quoted}"),
+        }})
+    };
+    Resp::json(status, &body)
+}
+
 fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
     params
         .iter()
@@ -1477,6 +1510,10 @@ impl Inner {
         let mut fault_resp = None;
         match self.take_fault(&path, true) {
             Some(FaultKind::Delay(d)) => delay = Some(d),
+            Some(FaultKind::Echo(status)) => {
+                let quoted = super::quote::quote_request(method.as_str(), uri, headers, body);
+                fault_resp = Some(echo_response(status, login, &quoted));
+            }
             Some(kind) => fault_resp = Some(self.fault_response(&kind, login)),
             None => {}
         }
@@ -1597,8 +1634,8 @@ impl Inner {
                 };
                 self.error(*status, code, message)
             }
-            FaultKind::Delay(_) | FaultKind::Truncate | FaultKind::Abort => {
-                unreachable!("not a replacing fault")
+            FaultKind::Delay(_) | FaultKind::Truncate | FaultKind::Abort | FaultKind::Echo(_) => {
+                unreachable!("not a replacing fault, or answered where the request is known")
             }
         }
     }

@@ -467,6 +467,14 @@ impl FakeOkta {
         self.add_fault(path_prefix, FaultKind::Fail(status), times);
     }
 
+    /// The next `times` requests whose path starts with `path_prefix` get `status` with the
+    /// request quoted back, as a proxy or a misconfigured gateway in front of Okta may answer:
+    /// 500 as a plain-text page, others as an Okta and OAuth error whose summary and
+    /// description quote it.
+    pub fn echo_next(&self, path_prefix: &str, status: u16, times: usize) {
+        self.add_fault(path_prefix, FaultKind::Echo(status), times);
+    }
+
     /// The next `times` matching requests get 429 `E0000047` with `X-Rate-Limit-Remaining: 0`
     /// and `X-Rate-Limit-Reset` = fake now + `reset_in_secs`.
     pub fn rate_limit_next(&self, path_prefix: &str, times: usize, reset_in_secs: u64) {
@@ -803,6 +811,8 @@ struct Event {
 #[derive(Clone, Copy, Debug)]
 enum FaultKind {
     Fail(u16),
+    /// Answer this status with the request quoted back (headers and body).
+    Echo(u16),
     RateLimit(u64),
     Concurrent,
     Delay(Duration),
@@ -1112,6 +1122,10 @@ impl Inner {
         let mut fault_resp = None;
         match self.take_fault(&path, true) {
             Some(FaultKind::Fail(status)) => fault_resp = Some(fail_response(status)),
+            Some(FaultKind::Echo(status)) => {
+                let quoted = super::quote::quote_request(method.as_str(), uri, headers, body);
+                fault_resp = Some(echo_response(status, &quoted));
+            }
             Some(FaultKind::RateLimit(reset_in)) => {
                 fault_resp = Some(
                     self.error(429, "E0000047", TOO_MANY, &[])
@@ -2143,6 +2157,26 @@ fn assertion_key(pem: &str) -> Result<(DecodingKey, Vec<Algorithm>), ()> {
 }
 
 const TOO_MANY: &str = "API call exceeded rate limit due to too many requests.";
+
+fn echo_response(status: u16, quoted: &str) -> Resp {
+    if status >= 500 {
+        return Resp {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: format!("upstream failed for the request:\n{quoted}").into_bytes(),
+        };
+    }
+    Resp::json(
+        status,
+        &json!({
+            "errorCode": "E0000011",
+            "errorSummary": format!("Invalid request: {quoted}"),
+            "error": "invalid_client",
+            "error_description": format!("Invalid request: {quoted}"),
+            "errorCauses": [{"errorSummary": quoted}],
+        }),
+    )
+}
 
 fn fail_response(status: u16) -> Resp {
     match status {

@@ -8,6 +8,7 @@ pub mod fake_graph;
 pub mod fake_okta;
 pub mod fake_scim;
 pub mod peer;
+pub mod quote;
 
 use std::path::{Path, PathBuf};
 
