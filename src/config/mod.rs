@@ -971,3 +971,6 @@ mod tests;
 
 #[cfg(test)]
 mod fuzz_tests;
+
+#[cfg(test)]
+mod docs_tests;
