@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod daemon;
+mod docs;
 mod e2e;
 mod entra;
 mod fake_graph_selftest;
