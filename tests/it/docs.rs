@@ -243,3 +243,44 @@ fn the_cookbook_reader_finds_blocks_markers_and_subsets() {
     assert!(!contains(&actual, &serde_json::json!({"a": {"c": [2, 1]}})));
     assert!(!contains(&actual, &serde_json::json!({"a": {"b": 2}})));
 }
+
+/// Every relative link of the README and of `docs/` names a file the repository holds, and no
+/// page sends readers to a document they do not have.
+#[test]
+fn documentation_links_resolve_inside_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|ext| ext == "md") {
+            pages.push(path);
+        }
+    }
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).expect("page");
+        for forbidden in ["SPEC.md", "../shared", "/work/"] {
+            if text.contains(forbidden) {
+                broken.push(format!("{}: mentions {forbidden}", page.display()));
+            }
+        }
+        for (index, _) in text.match_indices("](") {
+            let rest = &text[index + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = &rest[..end];
+            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+                continue;
+            }
+            let file = target.split('#').next().unwrap_or_default();
+            let resolved = page.parent().expect("a parent").join(file);
+            if !resolved.exists() {
+                broken.push(format!(
+                    "{}: links to {target}, which does not exist",
+                    page.display()
+                ));
+            }
+        }
+    }
+    assert!(pages.len() >= 5, "README and four docs pages: {pages:?}");
+    assert!(broken.is_empty(), "{broken:#?}");
+}
