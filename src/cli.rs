@@ -18,7 +18,7 @@ use crate::sync::{self, Mode, Options, Progress, SyncError};
 
 /// Keeps SocialTalent's users in step with Okta or Microsoft Entra ID.
 #[derive(Debug, Parser)]
-#[command(name = "socialtalent-sync", version, about, long_about = None)]
+#[command(name = "socialtalent-sync", version = crate::version::text(), about, long_about = None)]
 pub struct Cli {
     /// The configuration file [default: $SOCIALTALENT_SYNC_CONFIG, else /etc/socialtalent-sync/config.toml].
     #[arg(long, global = true, value_name = "PATH")]

@@ -16,6 +16,7 @@
 //! - [`sync`]: one reconciliation (`run_once`), shared by `sync` and the daemon.
 //! - [`report`]: the JSON and text reports.
 //! - [`cli`]: the command line and exit codes.
+//! - [`version`]: what `--version` prints (version, git commit, state format).
 
 #![deny(
     clippy::unwrap_used,
@@ -43,4 +44,5 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod sync;
+pub mod version;
 pub mod writeback;

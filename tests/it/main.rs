@@ -10,6 +10,7 @@ mod entra;
 mod fake_graph_selftest;
 mod fake_okta_selftest;
 mod faults;
+mod kit;
 mod okta;
 mod readback;
 mod scim_client;
