@@ -181,10 +181,10 @@ pub struct TargetConfig {
 /// `[schedule]` for `run`.
 #[derive(Debug, Clone)]
 pub struct ScheduleConfig {
-    /// Incremental runs, as a 6-field (seconds) cron expression.
-    pub cron: cron::Schedule,
-    /// Full reconciliations, as a 6-field cron expression.
-    pub full_cron: cron::Schedule,
+    /// Incremental runs.
+    pub cron: crate::schedule::Cron,
+    /// Full reconciliations.
+    pub full_cron: crate::schedule::Cron,
     /// The time zone the expressions are read in.
     pub timezone: chrono_tz::Tz,
 }
@@ -655,7 +655,7 @@ impl Validator<'_> {
         })
     }
 
-    fn cron(&self, key: &str, expression: &str) -> Result<cron::Schedule, ConfigError> {
+    fn cron(&self, key: &str, expression: &str) -> Result<crate::schedule::Cron, ConfigError> {
         parse_cron(expression).map_err(|message| self.error(key, message))
     }
 
@@ -876,32 +876,46 @@ fn is_loopback(url: &url::Url) -> bool {
 }
 
 /// Parses a cron expression: standard 5 fields (minute precision) or 6/7 fields with seconds.
+/// When both the day-of-month and the day-of-week fields are restricted, either matching is
+/// enough (standard cron; see [`crate::schedule`]).
 ///
 /// # Errors
 /// A message naming the expression and the parser's complaint.
-pub fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
+pub fn parse_cron(expression: &str) -> Result<crate::schedule::Cron, String> {
     let parts: Vec<&str> = expression.split_whitespace().collect();
     let fields = parts.len();
-    let normalised = match fields {
+    // Whether a day field is restricted is read as written (`*/2` is not, as in Vixie cron),
+    // before the weekdays are rewritten as names.
+    let restricted = |field: &str| !(field.starts_with('*') || field.starts_with('?'));
+    let (normalised, month_day, weekday) = match fields {
         // Standard cron counts weekdays 0-7 from Sunday; the cron crate counts 1-7 from Sunday.
-        5 => format!(
-            "0 {} {} {} {} {}",
-            parts[0],
-            parts[1],
+        5 => (
+            format!(
+                "0 {} {} {} {} {}",
+                parts[0],
+                parts[1],
+                parts[2],
+                parts[3],
+                standard_weekdays(parts[4]).map_err(|message| {
+                    format!("{expression:?}: the weekday field {message}")
+                })?
+            ),
             parts[2],
-            parts[3],
-            standard_weekdays(parts[4])
-                .map_err(|message| { format!("{expression:?}: the weekday field {message}") })?
+            parts[4],
         ),
-        6 | 7 => expression.to_owned(),
+        6 | 7 => (expression.to_owned(), parts[3], parts[5]),
         _ => {
             return Err(format!(
                 "{expression:?} has {fields} fields; expected 5 (minute hour day month weekday) or 6 with seconds first"
             ));
         }
     };
-    normalised
-        .parse::<cron::Schedule>()
+    let days = if restricted(month_day) && restricted(weekday) {
+        crate::schedule::DayMatch::Either
+    } else {
+        crate::schedule::DayMatch::Both
+    };
+    crate::schedule::Cron::parse(&normalised, days)
         .map_err(|error| format!("{expression:?} is not a valid cron expression: {error}"))
 }
 
