@@ -314,3 +314,37 @@ async fn the_container_runtime_contract_holds_outside_a_container() {
     assert_eq!(code, Some(0));
     assert!(stdout.contains("21"), "{stdout}");
 }
+
+/// `check-config` reports every problem of a file in one pass, each with its key, line and
+/// column, and exits 2 with their count.
+#[test]
+fn check_config_reports_every_problem_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.toml");
+    let text = "[source]\nkind = \"file\"\n[source.file]\npath = \"directory.json\"\n\n\
+                [target]\nbase_url = \"http://socialtalent.example/scim/v2\"\ntoken = \"x\"\nburst = 0\n\n\
+                [schedule]\ncron = \"*/10 * * *\"\n\n\
+                [mapping]\nuserName = \"{{ user.email | lower }}\"\nrole = { rules = 1 }\n";
+    std::fs::write(&config, text).expect("write");
+    let output = assert_cmd::Command::cargo_bin("socialtalent-sync")
+        .expect("binary")
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for (key, line) in [
+        ("target.base_url", 7),
+        ("target.burst", 9),
+        ("schedule.cron", 12),
+        ("mapping.role", 16),
+    ] {
+        assert!(
+            stderr.contains(&format!("{key} (line {line}, column ")),
+            "{key} at line {line}: {stderr}"
+        );
+    }
+    assert!(stderr.contains("4 problems in"), "{stderr}");
+}
