@@ -121,7 +121,7 @@ fn every_documented_key_is_accepted() {
     let accepted = accepted_keys();
     let unknown: Vec<String> = documented_keys(&read("docs/configuration.md"))
         .into_iter()
-        .filter(|key| !covered(&accepted, key))
+        .filter(|key| !covered(accepted, key))
         .collect();
     assert!(
         unknown.is_empty(),

@@ -168,7 +168,6 @@ pub(super) fn accepted_keys() -> &'static BTreeSet<String> {
 
 /// A [`serde::Deserializer`] that hands every struct all of its fields, with empty values, and
 /// records the key paths it was asked for.
-
 struct Tracer<'a> {
     path: String,
     keys: &'a RefCell<BTreeSet<String>>,
