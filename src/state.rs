@@ -30,6 +30,8 @@ const META: &str = "meta";
 const SOURCE: &str = "source";
 const PUSHED: &str = "pushed";
 const OWNER_FILE: &str = "owner";
+/// The `meta` key of the pending holds (a JSON list of [`HeldEntry`]).
+const PENDING_HOLDS: &str = "pending_holds";
 /// sled's page cache.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -37,7 +39,7 @@ const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Another process holds the state.
-    #[error("the state directory {} is in use by another socialtalent-sync process{}; stop it (or use `status`, which asks the running daemon) and try again", path.display(), owner.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
+    #[error("the state directory {} is in use by another socialtalent-sync process{}; while the daemon runs, `status`, `sync`, `approve` and `preview` are served through its control socket (which did not answer here), other commands need it stopped: stop it and try again", path.display(), owner.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
     Locked {
         /// The state directory.
         path: PathBuf,
@@ -87,7 +89,7 @@ pub struct RunRecord {
     pub held: Vec<HeldEntry>,
 }
 
-/// A held deactivation, for `status`.
+/// A held deactivation, for `status` (pending until released or moot, see [`crate::holds`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeldEntry {
     /// The IdP user.
@@ -97,6 +99,13 @@ pub struct HeldEntry {
     pub user_name: String,
     /// Why it was held.
     pub reason: String,
+    /// The SocialTalent account, when known (an orphan's only identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scim_id: Option<String>,
+    /// When a run first held it (RFC 3339); empty in run records written before holds were
+    /// kept pending.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub since: String,
 }
 
 /// The open state database.
@@ -538,6 +547,29 @@ impl State {
         Ok(runs)
     }
 
+    /// The deactivations held and still pending (see [`crate::holds`]).
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn pending_holds(&self) -> Result<Vec<HeldEntry>, StateError> {
+        match self.meta.get(PENDING_HOLDS).map_err(|e| self.storage(e))? {
+            Some(value) => self.decode(PENDING_HOLDS.as_bytes(), &value),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Replaces the pending holds.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn set_pending_holds(&self, pending: &[HeldEntry]) -> Result<(), StateError> {
+        let value = serde_json::to_vec(pending).map_err(|e| self.storage(e))?;
+        self.meta
+            .insert(PENDING_HOLDS, value)
+            .map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
     /// A metadata value (cursors, watermarks).
     ///
     /// # Errors
@@ -575,6 +607,29 @@ impl State {
             Some(value) => Ok(Some(self.decode(idp_id.0.as_bytes(), &value)?)),
             None => Ok(None),
         }
+    }
+
+    /// The cached source users who are in the group `name` (for a renamed or deleted group: the
+    /// members its old name reached, without a request to the IdP). Records that cannot hold
+    /// the name are skipped before they are decoded.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn cached_members_of(&self, name: &str) -> Result<Vec<SourceUser>, StateError> {
+        let needle = serde_json::to_string(name).map_err(|e| self.storage(e))?;
+        let finder = memchr::memmem::Finder::new(needle.as_bytes());
+        let mut members = Vec::new();
+        for item in self.source.iter() {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            if finder.find(&value).is_none() {
+                continue;
+            }
+            let user: SourceUser = self.decode(&key, &value)?;
+            if user.groups.iter().any(|group| group == name) {
+                members.push(user);
+            }
+        }
+        Ok(members)
     }
 
     /// Applies a source's commit: its cursors and its cache changes, in one batch per tree.

@@ -260,6 +260,10 @@ pub struct ScheduleConfig {
 pub struct StateConfig {
     /// The state directory.
     pub path: PathBuf,
+    /// Whether the configuration names it (`[state] path` or `$STATE_DIRECTORY`); when it does
+    /// not, the path is the fallback `./socialtalent-sync-state`, and a command that would
+    /// create a new empty state there asks for `--new-state` first.
+    pub named: bool,
 }
 
 /// `[safety]`.
@@ -806,6 +810,15 @@ impl Validator<'_> {
     }
 
     fn state(&self, raw: raw::RawState) -> StateConfig {
+        let from_systemd = std::env::var_os("STATE_DIRECTORY").is_some_and(|dirs| {
+            !dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .is_empty()
+        });
+        let named = raw.path.is_some() || from_systemd;
         let path = match raw.path {
             Some(path) => self.dir.join(path),
             None => std::env::var_os("STATE_DIRECTORY")
@@ -822,7 +835,7 @@ impl Validator<'_> {
                 .filter(|path| !path.as_os_str().is_empty())
                 .unwrap_or_else(|| PathBuf::from("socialtalent-sync-state")),
         };
-        StateConfig { path }
+        StateConfig { path, named }
     }
 
     fn safety(&self, raw: raw::RawSafety) -> Result<SafetyConfig, ConfigError> {

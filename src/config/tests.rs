@@ -732,6 +732,16 @@ fn errors_do_not_repeat_secret_values() {
 // ─── The bundled files ──────────────────────────────────────────────────────────────────────
 
 #[test]
+fn the_packaged_configuration_names_the_services_state_directory() {
+    // A command run by hand with the installed file must use the daemon's state, never start a
+    // fresh ./socialtalent-sync-state.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = Config::load(&root.join("config.example.toml")).expect("it loads");
+    assert_eq!(config.state.path, Path::new("/var/lib/socialtalent-sync"));
+    assert!(config.state.named);
+}
+
+#[test]
 fn every_bundled_configuration_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![root.join("config.example.toml")];

@@ -219,7 +219,8 @@ impl<E> Attempt<E> {
 /// Before each retry it calls `on_retry(retry_no, delay, &error)`, where
 /// `retry_no` counts retries from 1 and `error` is the failure being retried,
 /// so that the caller can log or count it. It then sleeps for `delay` with
-/// `tokio::time::sleep`.
+/// [`crate::progress::sleep`] (a deliberate wait, which feeds the progress heartbeat). Every
+/// attempt's end, answered or failed, beats the heartbeat too.
 ///
 /// Anything that should happen once per attempt, such as taking a
 /// [`Limiter`](super::limiter::Limiter) permit, belongs inside `attempt`, so
@@ -240,7 +241,10 @@ where
 {
     let mut retries = 0u32;
     loop {
-        match attempt().await {
+        let outcome = attempt().await;
+        // An answer, or a failure by the request's timeout, is progress (the watchdog's rule).
+        crate::progress::beat();
+        match outcome {
             Ok(value) => return Ok(value),
             Err(Attempt::Fatal(error)) => return Err(error),
             Err(Attempt::Retry { error, after }) => {
@@ -250,7 +254,7 @@ where
                 retries += 1;
                 let delay = backoff.delay(retries, after);
                 on_retry(retries, delay, &error);
-                tokio::time::sleep(delay).await;
+                crate::progress::sleep(delay).await;
             }
         }
     }

@@ -74,7 +74,7 @@ pub fn reads_full(config: &SourceConfig, state: Option<&State>, full: bool) -> b
     };
     match config {
         SourceConfig::File(_) => true,
-        SourceConfig::Okta(_) => full || !has(okta::WATERMARK_KEY),
+        SourceConfig::Okta(_) => full || !has(okta::WATERMARK_KEY) || !has(okta::GROUP_NAMES_KEY),
         SourceConfig::Entra(_) => {
             full || !has(entra::USERS_LINK_KEY) || !has(entra::GROUPS_LINK_KEY)
         }

@@ -10,6 +10,7 @@ mod entra;
 mod fake_graph_selftest;
 mod fake_okta_selftest;
 mod faults;
+mod group_changes;
 mod kit;
 mod okta;
 mod readback;

@@ -648,7 +648,8 @@ impl RateGates {
                 bucket,
                 wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
             );
-            tokio::time::sleep_until(until).await;
+            // A deliberate rate-limit wait: progress for the watchdog.
+            crate::progress::sleep_until(until).await;
         }
     }
 

@@ -639,6 +639,20 @@ impl FakeGraph {
         ));
     }
 
+    /// Deletes a group (security groups are deleted at once): group delta reports it with
+    /// `@removed` and no member list; its memberships go with it.
+    pub fn delete_group(&self, id: &str) {
+        let mut inner = self.lock();
+        assert!(inner.groups.remove(id).is_some(), "no group {id}");
+        inner.record(Change::GroupDeleted(id.to_owned()));
+    }
+
+    /// From now on a manager change's `manager@delta` lists the new manager first and the old
+    /// one's `@removed` entry after it (Graph documents no order within the array).
+    pub fn list_old_manager_last(&self) {
+        self.lock().old_manager_last = true;
+    }
+
     /// Adds the user to the group (a `members@delta` addition).
     pub fn add_member(&self, group_id: &str, user_id: &str) {
         self.membership(group_id, user_id, true);
@@ -1062,6 +1076,7 @@ enum Change {
     UserHardDeleted(String),
     GroupCreated(String),
     GroupProps(String, Vec<String>),
+    GroupDeleted(String),
     GroupMember {
         group: String,
         user: String,
@@ -1214,6 +1229,8 @@ struct Inner {
     next_round: u64,
     page_size: usize,
     replay: bool,
+    /// A manager change lists the old manager's `@removed` entry after the new manager.
+    old_manager_last: bool,
     last_sent: HashMap<Entity, String>,
     faults: Vec<Fault>,
     requests: Vec<RecordedRequest>,
@@ -1326,6 +1343,7 @@ impl Inner {
             next_round: 0,
             page_size: DEFAULT_PAGE_SIZE,
             replay: false,
+            old_manager_last: false,
             last_sent: HashMap::new(),
             faults: Vec::new(),
             requests: Vec::new(),
@@ -2954,10 +2972,14 @@ impl Inner {
             };
             if manager_changed {
                 let before = s.manager_before.clone().flatten();
-                item.insert(
-                    "manager@delta".into(),
-                    Inner::manager_delta(u.manager.as_deref(), before.as_deref()),
-                );
+                let value = match (u.manager.as_deref(), before.as_deref()) {
+                    (Some(new), Some(old)) if self.old_manager_last => json!([
+                        { "@odata.type": USER_TYPE, "id": new },
+                        { "@odata.type": USER_TYPE, "id": old, "@removed": { "reason": "deleted" } }
+                    ]),
+                    (new, old) => Inner::manager_delta(new, old),
+                };
+                item.insert("manager@delta".into(), value);
             }
             items.push(RoundItem::Ready(Value::Object(item)));
         }
@@ -2996,6 +3018,8 @@ impl Inner {
         let wanted = |id: &str| query.ids.as_ref().is_none_or(|ids| ids.contains(id));
         // (group id, properties, member references)
         let mut objects: Vec<(String, Map<String, Value>, Vec<Value>)> = Vec::new();
+        // Groups deleted in the window: `@removed`, without members.
+        let mut deleted: Vec<String> = Vec::new();
         let full = |id: &str, g: &GroupRec| {
             let members = g
                 .members
@@ -3029,6 +3053,12 @@ impl Inner {
                     let id = match change {
                         Change::GroupCreated(id) | Change::GroupProps(id, _) => id,
                         Change::GroupMember { group, .. } => group,
+                        Change::GroupDeleted(id) => {
+                            if wanted(id) && !self.groups.contains_key(id) {
+                                deleted.push(id.clone());
+                            }
+                            continue;
+                        }
                         _ => continue,
                     };
                     if !summaries.contains_key(id) {
@@ -3086,6 +3116,17 @@ impl Inner {
         }
         let size = self.page_size;
         let mut pages: Vec<Vec<Value>> = vec![Vec::new()];
+        deleted.sort();
+        deleted.dedup();
+        for id in deleted {
+            if pages.last().is_some_and(|page| page.len() >= size) {
+                pages.push(Vec::new());
+            }
+            pages
+                .last_mut()
+                .expect("one page at least")
+                .push(json!({ "id": id, "@removed": { "reason": "deleted" } }));
+        }
         for (_, props, members) in objects {
             let chunks: Vec<&[Value]> = if sel.members && !members.is_empty() {
                 members.chunks(size).collect()

@@ -337,6 +337,43 @@ impl FakeOkta {
         inner.members.entry(id.to_owned()).or_default();
     }
 
+    /// Renames a group: its `profile.name` and `lastUpdated` change and `group.profile.update`
+    /// is logged with the group as target. Its members' `lastUpdated` does not change.
+    pub fn rename_group(&self, id: &str, name: &str) {
+        let mut inner = self.lock();
+        let now = inner.clock_ms;
+        let group = inner
+            .groups
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no group {id}"));
+        group.name = name.to_owned();
+        group.last_updated = now;
+        let target = group.target();
+        inner.log("group.profile.update", vec![target]);
+    }
+
+    /// Deletes a group with its memberships; `group.lifecycle.delete` is logged with the group
+    /// as target. Its members' `lastUpdated` does not change.
+    pub fn delete_group(&self, id: &str) {
+        let mut inner = self.lock();
+        let group = inner
+            .groups
+            .remove(id)
+            .unwrap_or_else(|| panic!("no group {id}"));
+        inner.members.remove(id);
+        inner.log("group.lifecycle.delete", vec![group.target()]);
+    }
+
+    /// Makes the last two events persisted in the other order than they were published, as
+    /// Okta documents a polling read may return them ("events are not guaranteed to be in
+    /// order by `published`").
+    pub fn persist_last_two_events_swapped(&self) {
+        let mut inner = self.lock();
+        let n = inner.events.len();
+        assert!(n >= 2, "fewer than two events");
+        inner.events.swap(n - 1, n - 2);
+    }
+
     /// Adds the user to the group. As in Okta, the user's `lastUpdated` does NOT change; the
     /// group's `lastMembershipUpdated` does, and `group.user_membership.add` is logged.
     pub fn add_member(&self, group_id: &str, user_id: &str) {
