@@ -19,7 +19,7 @@ use crate::sync::{self, Mode, Options, Progress, Release, SyncError};
 
 /// Keeps SocialTalent's users in step with Okta or Microsoft Entra ID.
 #[derive(Debug, Parser)]
-#[command(name = "socialtalent-sync", version, about, long_about = None)]
+#[command(name = "socialtalent-sync", version = crate::version::text(), about, long_about = None)]
 pub struct Cli {
     /// The configuration file [default: $SOCIALTALENT_SYNC_CONFIG, else /etc/socialtalent-sync/config.toml].
     #[arg(long, global = true, value_name = "PATH")]
@@ -439,7 +439,7 @@ async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
             match event {
                 Progress::Planned { users_read, writes } => {
                     bar.set_length(writes as u64);
-                    bar.set_message(format!("{users_read} users read; sending"));
+                    bar.set_message(planned_message(mode, users_read, writes));
                 }
                 Progress::ActionDone => bar.inc(1),
             }
@@ -535,6 +535,16 @@ fn progress_bar(output: OutputFormat) -> Option<indicatif::ProgressBar> {
     bar.set_message("reading the source");
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     Some(bar)
+}
+
+/// The progress line once the plan is built: a dry run sends nothing, so it never says so.
+fn planned_message(mode: Mode, users_read: usize, writes: usize) -> String {
+    match mode {
+        Mode::DryRun => {
+            format!("{users_read} users read; {writes} writes planned (dry run: nothing is sent)")
+        }
+        Mode::Apply => format!("{users_read} users read; sending {writes} writes"),
+    }
 }
 
 async fn dump(
@@ -965,4 +975,19 @@ async fn status_from_daemon(address: std::net::SocketAddr) -> Result<StatusRepor
 fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value)
         .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_progress_line_never_says_sending() {
+        let dry = planned_message(Mode::DryRun, 25, 21);
+        assert!(!dry.to_lowercase().contains("send"), "{dry}");
+        assert!(dry.contains("25 users read"), "{dry}");
+        assert!(dry.contains("dry run"), "{dry}");
+        let apply = planned_message(Mode::Apply, 25, 21);
+        assert_eq!(apply, "25 users read; sending 21 writes");
+    }
 }

@@ -19,6 +19,7 @@
 //! - [`report`]: the JSON and text reports.
 //! - [`control`]: the daemon's local control socket (commands served while it holds the state).
 //! - [`cli`]: the command line and exit codes.
+//! - [`version`]: what `--version` prints (version, git commit, state format).
 
 #![deny(
     clippy::unwrap_used,
@@ -49,4 +50,5 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod sync;
+pub mod version;
 pub mod writeback;

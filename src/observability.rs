@@ -41,6 +41,7 @@ pub struct Metrics {
     quarantined: Gauge,
     held: Gauge,
     last_run_timestamp: Gauge,
+    last_success_timestamp: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,6 +151,12 @@ impl Metrics {
             "When the last run finished (Unix time)",
             last_run_timestamp.clone(),
         );
+        let last_success_timestamp = Gauge::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the last run that did not fail finished (Unix time; 0 before the first since start)",
+            last_success_timestamp.clone(),
+        );
         Metrics {
             registry,
             runs,
@@ -162,6 +169,7 @@ impl Metrics {
             quarantined,
             held,
             last_run_timestamp,
+            last_success_timestamp,
         }
     }
 
@@ -185,6 +193,9 @@ impl Metrics {
         self.rate_limit_waits.inc_by(run.rate_limit_waits.0);
         self.rate_limit_wait_seconds.inc_by(run.rate_limit_waits.1);
         self.last_run_timestamp.set(run.finished_at.timestamp());
+        if run.outcome != "failed" {
+            self.last_success_timestamp.set(run.finished_at.timestamp());
+        }
     }
 
     /// Sets the gauges from a status report.
@@ -466,6 +477,27 @@ mod tests {
         );
         assert!(
             text.contains("socialtalent_sync_run_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_last_success_ignores_failed_runs() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        assert!(
+            text.contains("socialtalent_sync_last_success_timestamp_seconds 0"),
+            "{text}"
+        );
+        let succeeded = Utc::now() - chrono::Duration::minutes(10);
+        metrics.record_run(&run("held", succeeded));
+        metrics.record_run(&run("failed", Utc::now()));
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!(
+                "socialtalent_sync_last_success_timestamp_seconds {}",
+                succeeded.timestamp()
+            )),
             "{text}"
         );
     }
