@@ -155,14 +155,14 @@ impl ScimClient {
             users_url,
             authorization: authorization(&token),
             limiter,
-            // A server asking for more than five minutes is treated as down for this run
-            // rather than holding every write for an hour.
+            // A server asking for more than 15 minutes fails the run (see `attempt`) rather
+            // than holding every write for an hour.
             backoff: Backoff::new(
                 Duration::from_millis(500),
                 Duration::from_secs(60),
                 target.max_retries,
             )
-            .with_max_hint(Duration::from_secs(300)),
+            .with_max_hint(retry::MAX_RATE_LIMIT_WAIT),
             extension_schema: target.extension_schema.clone(),
             stats: Arc::new(ClientStats::default()),
         })
@@ -567,11 +567,23 @@ impl ScimClient {
             StatusCode::NOT_FOUND => ScimError::NotFound { detail },
             StatusCode::CONFLICT => ScimError::Conflict { detail },
             StatusCode::PRECONDITION_FAILED => ScimError::PreconditionFailed { detail },
-            _ if matches!(verdict, Verdict::RetryAfter(_)) => ScimError::Unavailable {
-                status: status.as_u16(),
-                attempts: attempt,
-                detail,
-            },
+            _ if matches!(verdict, Verdict::RetryAfter(_)) => {
+                // A wait longer than one may last fails the run at once, naming its end.
+                if let Verdict::RetryAfter(Some(wait)) = verdict
+                    && let Some(why) = retry::wait_too_long(wait, SystemTime::now())
+                {
+                    return Err(Attempt::Fatal(ScimError::Unavailable {
+                        status: status.as_u16(),
+                        attempts: attempt,
+                        detail: format!("{detail}; {why}"),
+                    }));
+                }
+                ScimError::Unavailable {
+                    status: status.as_u16(),
+                    attempts: attempt,
+                    detail,
+                }
+            }
             _ if status.is_server_error() => ScimError::Unavailable {
                 status: status.as_u16(),
                 attempts: attempt,

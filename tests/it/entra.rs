@@ -413,3 +413,18 @@ async fn renamed_and_deleted_groups_and_manager_changes_reach_their_users() {
         "a sync right after a sync plans nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_longer_than_fifteen_minutes_fails_the_run_naming_its_end() {
+    let graph = tenant().await;
+    let ws = workspace(&graph);
+    graph.throttle_next("/v1.0/users/delta", 1, "3600");
+    let run = ws.run(&["sync", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("3600 s, until") && run.stderr.contains("15 minutes"),
+        "{}",
+        run.stderr
+    );
+    assert!(ws.peer.users().await.is_empty(), "nothing was written");
+}

@@ -267,6 +267,26 @@ async fn rate_limits_and_server_errors_are_waited_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_reset_further_than_fifteen_minutes_fails_the_run_naming_it() {
+    let okta = org().await;
+    let ws = workspace(&okta);
+    okta.rate_limit_next("/api/v1/users", 1, 3600);
+    let started = std::time::Instant::now();
+    let run = ws.run(&["sync", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("3600 s, until") && run.stderr.contains("15 minutes"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the run did not wait"
+    );
+    assert!(ws.peer.users().await.is_empty(), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_app_with_dpop_reads_the_org() {
     let okta = org().await;
     let key = TestKey::ec_p256();
