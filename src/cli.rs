@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -15,7 +16,7 @@ use crate::mapping::Decision;
 use crate::scim::wire;
 use crate::state::State;
 use crate::status::StatusReport;
-use crate::sync::{self, Mode, Options, Progress, Release, SyncError};
+use crate::sync::{self, Mode, Options, Phase, Progress, Release, SyncError};
 
 /// Keeps SocialTalent's users in step with Okta or Microsoft Entra ID.
 #[derive(Debug, Parser)]
@@ -434,10 +435,32 @@ async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
         dump(config, state.as_ref(), options.clone(), dir).await?;
     }
     let bar = progress_bar(output);
+    // While a phase reads (the source, SocialTalent), a ticker shows the requests answered.
+    let reading: Arc<Mutex<Option<(Phase, u64)>>> = Arc::new(Mutex::new(None));
+    let ticker = bar.clone().map(|bar| {
+        let reading = Arc::clone(&reading);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let current = *reading.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((phase, base)) = current {
+                    let answered = crate::progress::answered().saturating_sub(base);
+                    bar.set_message(phase_message(phase, Some(answered)));
+                }
+            }
+        })
+    });
     let on_progress = |event: Progress| {
         if let Some(bar) = &bar {
+            let mut current = reading.lock().unwrap_or_else(PoisonError::into_inner);
             match event {
+                Progress::Phase(phase) => {
+                    *current = matches!(phase, Phase::ReadingSource | Phase::ReadingTarget)
+                        .then(|| (phase, crate::progress::answered()));
+                    bar.set_message(phase_message(phase, None));
+                }
                 Progress::Planned { users_read, writes } => {
+                    *current = None;
                     bar.set_length(writes as u64);
                     bar.set_message(planned_message(mode, users_read, writes));
                 }
@@ -453,10 +476,14 @@ async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
             on_interrupt.cancel();
         }
     });
-    let outcome = sync::run_once(config, state.as_ref(), options, &cancel, &on_progress).await?;
-    if let Some(bar) = bar {
+    let outcome = sync::run_once(config, state.as_ref(), options, &cancel, &on_progress).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
+    let outcome = outcome?;
     let summary = outcome.plan.summary();
     tracing::info!(
         message = "Sync finished.",
@@ -535,6 +562,20 @@ fn progress_bar(output: OutputFormat) -> Option<indicatif::ProgressBar> {
     bar.set_message("reading the source");
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     Some(bar)
+}
+
+/// The progress line while a phase runs, with the requests answered so far when it reads.
+fn phase_message(phase: Phase, answered: Option<u64>) -> String {
+    let requests = |what: &str| match answered {
+        Some(answered) => format!("{what}: {answered} requests answered"),
+        None => what.to_owned(),
+    };
+    match phase {
+        Phase::ReadingSource => requests("reading the source"),
+        Phase::Mapping { users } => format!("mapping {users} users"),
+        Phase::ReadingTarget => requests("reading SocialTalent's accounts back"),
+        Phase::Planning => "planning".to_owned(),
+    }
 }
 
 /// The progress line once the plan is built: a dry run sends nothing, so it never says so.
@@ -989,5 +1030,22 @@ mod tests {
         assert!(dry.contains("dry run"), "{dry}");
         let apply = planned_message(Mode::Apply, 25, 21);
         assert_eq!(apply, "25 users read; sending 21 writes");
+    }
+
+    #[test]
+    fn progress_lines_say_which_phase_runs_and_count_the_requests_of_a_read() {
+        assert_eq!(
+            phase_message(Phase::ReadingSource, Some(12)),
+            "reading the source: 12 requests answered"
+        );
+        assert_eq!(
+            phase_message(Phase::ReadingTarget, None),
+            "reading SocialTalent's accounts back"
+        );
+        assert_eq!(
+            phase_message(Phase::Mapping { users: 250 }, None),
+            "mapping 250 users"
+        );
+        assert_eq!(phase_message(Phase::Planning, None), "planning");
     }
 }

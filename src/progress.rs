@@ -28,6 +28,21 @@ fn millis_since_origin(now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(origin()).as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Requests answered (or failed by their timeout) since the process started, on every edge.
+static ANSWERED: AtomicU64 = AtomicU64::new(0);
+
+/// Records that a request was answered (or failed by its timeout): progress, and one more for
+/// [`answered`] (the terminal's progress line counts them while a run reads).
+pub fn request_answered() {
+    ANSWERED.fetch_add(1, Ordering::Relaxed);
+    beat();
+}
+
+/// How many requests have been answered since the process started.
+pub fn answered() -> u64 {
+    ANSWERED.load(Ordering::Relaxed)
+}
+
 /// Records that work made progress now.
 pub fn beat() {
     LAST_BEAT_MS.fetch_max(millis_since_origin(Instant::now()), Ordering::Relaxed);

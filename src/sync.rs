@@ -152,7 +152,21 @@ pub async fn plan_run(
     state: Option<&State>,
     options: Options,
 ) -> Result<Planned, SyncError> {
+    plan_run_with(config, state, options, &|_| {}).await
+}
+
+/// [`plan_run`], telling `on_progress` each phase as it starts.
+///
+/// # Errors
+/// As [`plan_run`].
+async fn plan_run_with(
+    config: &Config,
+    state: Option<&State>,
+    options: Options,
+    on_progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Planned, SyncError> {
     let started = std::time::Instant::now();
+    on_progress(Progress::Phase(Phase::ReadingSource));
     // The state loads while the source is read.
     let loading = state
         .cloned()
@@ -169,6 +183,9 @@ pub async fn plan_run(
         retry_failing_users(&mut read, &snapshot, state)?;
     }
     tracing::debug!(message = "Source read.", users = read.users.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib(), cpu_ms = cpu_ms());
+    on_progress(Progress::Phase(Phase::Mapping {
+        users: read.users.len(),
+    }));
     let shared = Arc::new(config.clone());
     // Mapping 100,000 users is CPU work: keep it off the async workers.
     let (read, mapped, mut snapshot) = tokio::task::spawn_blocking(move || {
@@ -189,6 +206,7 @@ pub async fn plan_run(
     // Full runs read SocialTalent back (adoption, drift, orphans); accounts of unchanged users
     // that still hold what we pushed are kept as ids only.
     let target = if read.full && config.reconcile.read_back {
+        on_progress(Progress::Phase(Phase::ReadingTarget));
         let client = scim_client(config)?;
         let compactor = plan::Compactor::new(&mapped, &snapshot, &managed);
         let accounts = client
@@ -212,6 +230,7 @@ pub async fn plan_run(
         state.load_pushed(&mut snapshot, &wanted)?;
         tracing::debug!(message = "Stored attributes loaded.", users = wanted.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib(), cpu_ms = cpu_ms());
     }
+    on_progress(Progress::Phase(Phase::Planning));
     let config = Arc::new(config.clone());
     let release = options.release;
     let planned = tokio::task::spawn_blocking(move || {
@@ -506,7 +525,7 @@ pub async fn run_once(
     let started_at = now_rfc3339();
     let mode = options.mode;
     let full = options.full;
-    let planned = match plan_run(config, state, options).await {
+    let planned = match plan_run_with(config, state, options, on_progress).await {
         Ok(planned) => planned,
         Err(error) => {
             if let (Mode::Apply, Some(state)) = (mode, state) {
@@ -732,9 +751,27 @@ impl ClientStatistics {
     }
 }
 
+/// A phase of a run, before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the source (its pages).
+    ReadingSource,
+    /// Mapping the users read.
+    Mapping {
+        /// Users to map.
+        users: usize,
+    },
+    /// Reading SocialTalent's accounts back (full runs with read-back).
+    ReadingTarget,
+    /// Building the plan.
+    Planning,
+}
+
 /// Progress events for a terminal display.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress {
+    /// A phase starts.
+    Phase(Phase),
     /// The plan is built.
     Planned {
         /// Records read.
@@ -856,6 +893,55 @@ mod tests {
             ),
         )
         .expect("configuration")
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_reports_each_phase_in_order_before_the_plan() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let directory = dir.path().join("d.json");
+        std::fs::write(
+            &directory,
+            r#"[{"id": "1", "login": "a@example.com", "active": true},
+                {"id": "2", "login": "b@example.com", "active": true}]"#,
+        )
+        .expect("directory");
+        let config = config(&format!(
+            "[source]\nkind = \"file\"\n[source.file]\npath = \"{}\"\n[reconcile]\nread_back = false",
+            directory.display()
+        ));
+        let events = std::sync::Mutex::new(Vec::new());
+        let options = Options {
+            mode: Mode::DryRun,
+            full: true,
+            release: Release::Nothing,
+        };
+        run_once(
+            &config,
+            None,
+            options,
+            &CancellationToken::new(),
+            &|event| {
+                events.lock().expect("events").push(event);
+            },
+        )
+        .await
+        .expect("dry run");
+        let events = events.into_inner().expect("events");
+        assert!(
+            matches!(
+                events.as_slice(),
+                [
+                    Progress::Phase(Phase::ReadingSource),
+                    Progress::Phase(Phase::Mapping { users: 2 }),
+                    Progress::Phase(Phase::Planning),
+                    Progress::Planned {
+                        users_read: 2,
+                        writes: 2
+                    },
+                ]
+            ),
+            "{events:?}"
+        );
     }
 
     #[test]

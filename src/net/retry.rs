@@ -263,7 +263,7 @@ where
     loop {
         let outcome = attempt().await;
         // An answer, or a failure by the request's timeout, is progress (the watchdog's rule).
-        crate::progress::beat();
+        crate::progress::request_answered();
         match outcome {
             Ok(value) => return Ok(value),
             Err(Attempt::Fatal(error)) => return Err(error),
