@@ -1356,6 +1356,7 @@ fn bench_planner(settings: &Settings, work: &Path, report: &mut Report) {
                     pushed_digest: Some(attributes_digest(attributes.iter())),
                     not_kept: Vec::new(),
                     unconfirmed: Vec::new(),
+                    normal: Default::default(),
                 }),
             );
         }

@@ -655,9 +655,10 @@ async fn send_update(
 }
 
 /// What a write teaches about the attributes SocialTalent keeps. From an answer: the
-/// attributes the user should have (`attributes`) that the answered account lacks are not kept.
-/// Without one (a `PATCH` answered `204`): the attributes this write set are unconfirmed (the
-/// next read-back decides), and what was known `before` stands for the others.
+/// attributes the user should have (`attributes`) that the answered account lacks are not kept;
+/// those it holds with another non-empty value are kept in SocialTalent's own form (recorded,
+/// not sent again). Without one (a `PATCH` answered `204`): the attributes this write set are
+/// unconfirmed (the next read-back decides), and what was known `before` stands for the others.
 fn judged(
     answered: Option<&TargetUser>,
     attributes: &Attributes,
@@ -672,6 +673,13 @@ fn judged(
                 .cloned()
                 .collect(),
             unconfirmed: Vec::new(),
+            normal: attributes
+                .iter()
+                .filter_map(|(name, ours)| {
+                    let theirs = account.attributes.get(name)?;
+                    crate::plan::normal_form(name, ours, theirs).map(|form| (name.clone(), form))
+                })
+                .collect(),
         },
         None => {
             let changed = |name: &String| changes.iter().any(|change| &change.attribute == name);
@@ -699,6 +707,12 @@ fn judged(
                     .cloned()
                     .collect(),
                 unconfirmed,
+                normal: before
+                    .normal
+                    .iter()
+                    .filter(|(name, _)| !changed(name))
+                    .map(|(name, form)| (name.clone(), form.clone()))
+                    .collect(),
             }
         }
     }
@@ -720,8 +734,8 @@ async fn create_or_adopt(
                 Some(_) => judged(answered.as_ref(), attributes, &[], &Keeping::default()),
                 // Without an answer to judge by, every attribute is still to confirm.
                 None => Keeping {
-                    not_kept: Vec::new(),
                     unconfirmed: attributes.keys().cloned().collect(),
+                    ..Keeping::default()
                 },
             };
             Ok(confirmed(None, &created_id, keeping))

@@ -574,6 +574,12 @@ pub struct UserRecord {
     /// `204`): the next read-back decides whether SocialTalent kept them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unconfirmed: Vec<String>,
+    /// Managed attributes SocialTalent keeps in its own form: the value it holds for what we
+    /// sent (which is in `pushed`), e.g. another case or spacing. Confirmed, not sent again, and
+    /// not taken for drift while SocialTalent holds that form and the mapped value stays what
+    /// we sent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub normal: BTreeMap<String, Value>,
 }
 
 /// What a write taught about the attributes SocialTalent keeps (see [`UserRecord::not_kept`]
@@ -584,6 +590,8 @@ pub struct Keeping {
     pub not_kept: Vec<String>,
     /// Attributes written without an answer to judge by.
     pub unconfirmed: Vec<String>,
+    /// Attributes the target holds in its own form: that form (see [`UserRecord::normal`]).
+    pub normal: BTreeMap<String, Value>,
 }
 
 /// One provisioned IdP user as the planner sees it: a [`UserRecord`] whose attributes are
@@ -606,6 +614,9 @@ pub struct KnownUser {
     /// See [`UserRecord::unconfirmed`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unconfirmed: Vec<String>,
+    /// See [`UserRecord::normal`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub normal: BTreeMap<String, Value>,
     /// The attributes last confirmed by SocialTalent, when loaded
     /// ([`crate::state::State::load_pushed`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -622,6 +633,7 @@ impl From<UserRecord> for KnownUser {
             pushed_digest: record.pushed_digest,
             not_kept: record.not_kept,
             unconfirmed: record.unconfirmed,
+            normal: record.normal,
             pushed: Some(std::sync::Arc::new(record.pushed)),
         }
     }

@@ -498,6 +498,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
                             action.keeping = Keeping {
                                 not_kept: record.not_kept.clone(),
                                 unconfirmed: record.unconfirmed.clone(),
+                                normal: record.normal.clone(),
                             };
                         }
                         plan.actions.push(action);
@@ -837,6 +838,18 @@ fn managed_part(attributes: &Attributes, managed: &[String]) -> Attributes {
         .collect()
 }
 
+/// When SocialTalent holds `theirs` for the `ours` we sent: its own form of our value (another
+/// non-empty value), or `None` when it holds ours or nothing (not kept).
+pub(crate) fn normal_form(attribute: &str, ours: &Value, theirs: &Value) -> Option<Value> {
+    let empty = match theirs {
+        Value::Null => true,
+        Value::String(text) => text.trim().is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    };
+    (!empty && !ours.is_null() && !same_value(attribute, ours, theirs)).then(|| theirs.clone())
+}
+
 fn same(attribute: &str, left: Option<&Value>, right: Option<&Value>) -> bool {
     match (left, right) {
         (Some(left), Some(right)) => same_value(attribute, left, right),
@@ -873,6 +886,7 @@ fn against_account(
     let mut keeping = Keeping {
         not_kept: record.not_kept.clone(),
         unconfirmed: Vec::new(),
+        normal: record.normal.clone(),
     };
     for name in &record.unconfirmed {
         if !current.contains_key(name)
@@ -880,6 +894,25 @@ fn against_account(
             && !keeping.not_kept.contains(name)
         {
             keeping.not_kept.push(name.clone());
+        }
+        // Held with another non-empty value: SocialTalent's own form of ours.
+        if let (Some(ours), Some(theirs)) = (pushed.get(name), current.get(name))
+            && let Some(form) = normal_form(name, ours, theirs)
+        {
+            keeping.normal.insert(name.clone(), form);
+        }
+    }
+    // A form SocialTalent no longer holds was changed there since: drift, judged below.
+    keeping
+        .normal
+        .retain(|name, form| current.get(name) == Some(&*form));
+    for (name, form) in &keeping.normal {
+        // While the mapped value stays what we sent, SocialTalent's form of it is ours.
+        if let Some(ours) = pushed.get(name)
+            && same(name, Some(ours), attributes.get(name))
+            && current.get(name) == Some(form)
+        {
+            current.insert(name.clone(), ours.clone());
         }
     }
     // One SocialTalent now holds (it was given the attribute since) is kept after all.
@@ -893,7 +926,10 @@ fn against_account(
             current.insert(name.clone(), ours.clone());
         }
     }
-    if !record.unconfirmed.is_empty() || keeping.not_kept != record.not_kept {
+    if !record.unconfirmed.is_empty()
+        || keeping.not_kept != record.not_kept
+        || keeping.normal != record.normal
+    {
         context.keeping.push((user.idp_id.clone(), keeping.clone()));
     }
     let repair = context.drift_policy == DriftPolicy::Repair;

@@ -3,6 +3,7 @@
 //! database, and a second opener gets [`StateError::Locked`] naming the directory and, when known,
 //! the process that holds it. A record is written only after SocialTalent confirmed the write.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +146,8 @@ struct Head {
     not_kept: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     unconfirmed: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    normal: BTreeMap<String, serde_json::Value>,
 }
 
 impl Head {
@@ -159,6 +162,7 @@ impl Head {
             pushed_digest: None,
             not_kept: record.not_kept.clone(),
             unconfirmed: record.unconfirmed.clone(),
+            normal: record.normal.clone(),
         }
     }
 }
@@ -265,6 +269,7 @@ impl State {
                     pushed_digest: head.pushed_digest,
                     not_kept: head.not_kept,
                     unconfirmed: head.unconfirmed,
+                    normal: head.normal,
                     pushed: None,
                 },
             ));
@@ -317,6 +322,7 @@ impl State {
                 record.pushed.retain(|name, _| managed.contains(name));
                 record.not_kept.retain(|name| managed.contains(name));
                 record.unconfirmed.retain(|name| managed.contains(name));
+                record.normal.retain(|name, _| managed.contains(name));
                 self.write_user(idp_id, Head::of(&record), &record.pushed)?;
             }
         }
@@ -335,6 +341,7 @@ impl State {
                 let mut head: Head = self.decode(key, &old)?;
                 head.not_kept = keeping.not_kept.clone();
                 head.unconfirmed = keeping.unconfirmed.clone();
+                head.normal = keeping.normal.clone();
                 let value = serde_json::to_vec(&head).map_err(|e| self.storage(e))?;
                 self.users.insert(key, value).map_err(|e| self.storage(e))?;
             }
@@ -365,6 +372,7 @@ impl State {
             pushed_digest: head.pushed_digest,
             not_kept: head.not_kept,
             unconfirmed: head.unconfirmed,
+            normal: head.normal,
         }))
     }
 
@@ -434,6 +442,7 @@ impl State {
             pushed_digest: None,
             not_kept: keeping.not_kept.clone(),
             unconfirmed: keeping.unconfirmed.clone(),
+            normal: keeping.normal.clone(),
         };
         self.write_attributes_then_head(idp_id, head, pushed)?;
         self.clear_failures(idp_id)

@@ -64,6 +64,7 @@ fn record(attributes: &Attributes, status: AccountStatus) -> KnownUser {
         pushed_digest: Some(attributes_digest(attributes)),
         not_kept: Vec::new(),
         unconfirmed: Vec::new(),
+        normal: Default::default(),
     })
 }
 

@@ -15,6 +15,7 @@ fn record(scim_id: &str) -> UserRecord {
         pushed_digest: None,
         not_kept: Vec::new(),
         unconfirmed: Vec::new(),
+        normal: Default::default(),
     }
 }
 

@@ -524,6 +524,94 @@ async fn a_value_the_target_does_not_keep_is_reported_and_not_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_the_target_keeps_in_its_own_form_is_confirmed_and_not_sent_again() {
+    let fake = FakeScim::start().await;
+    fake.lowercase("coreTeam");
+    let mut ws = Workspace::new();
+    ws.peer.base_url = fake.base_url.clone();
+    ws.peer.token = fake.token.clone();
+    configure(&mut ws, "put", true, "");
+
+    let first = ws.sync(&[], 0);
+    let created = first["summary"]["create"].as_u64().expect("creates");
+    assert!(created > 0);
+    assert_eq!(first["summary"]["not_kept"], 0, "a form is kept: {first:#}");
+    assert!(
+        fake.users().iter().all(|user| user[EXT_URN]["coreTeam"]
+            .as_str()
+            .is_none_or(|team| team == team.to_lowercase())),
+        "the target holds its own form"
+    );
+
+    // Full runs read the accounts back in SocialTalent's form: neither drift nor an update.
+    for round in 0..2 {
+        fake.clear_requests();
+        let again = ws.sync(&["--full"], 0);
+        assert_eq!(again["summary"]["update"], 0, "round {round}: {again:#}");
+        assert_eq!(again["summary"]["drift_repaired"], 0, "round {round}");
+        assert!(
+            again["drift"].as_array().is_none_or(Vec::is_empty),
+            "round {round}: {again:#}"
+        );
+        assert_eq!(fake.count("PUT") + fake.count("PATCH"), 0, "round {round}");
+    }
+
+    // A real change there (not the form of our value) is still drift, and repaired.
+    let any = fake
+        .users()
+        .into_iter()
+        .find(|user| user[EXT_URN]["coreTeam"].is_string())
+        .expect("an account with a core team");
+    let id = any["id"].as_str().expect("id").to_owned();
+    fake.edit_user(&id, |user| {
+        user[EXT_URN]["coreTeam"] = json!("somewhere else");
+    });
+    let repaired = ws.sync(&["--full"], 0);
+    assert_eq!(repaired["summary"]["drift_repaired"], 1, "{repaired:#}");
+
+    // A new mapped value is sent (and its form recorded again).
+    ws.mapping = ws.mapping.replace(
+        "coreTeam = \"{{ user.department }}\"",
+        "coreTeam = \"Team {{ user.department }}\"",
+    );
+    fake.clear_requests();
+    let moved = ws.sync(&["--full"], 0);
+    assert_eq!(moved["summary"]["update"], created, "{moved:#}");
+    fake.clear_requests();
+    let settled = ws.sync(&["--full"], 0);
+    assert_eq!(settled["summary"]["update"], 0, "{settled:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_patched_without_an_answer_is_judged_by_the_next_read_back() {
+    let fake = FakeScim::start().await;
+    fake.lowercase("coreTeam");
+    let mut ws = Workspace::new();
+    ws.peer.base_url = fake.base_url.clone();
+    ws.peer.token = fake.token.clone();
+    configure(&mut ws, "patch", true, "");
+    let first = ws.sync(&[], 0);
+    let created = first["summary"]["create"].as_u64().expect("creates");
+
+    // A new core team goes out by PATCH, answered 204: nothing to judge by yet.
+    ws.mapping = ws.mapping.replace(
+        "coreTeam = \"{{ user.department }}\"",
+        "coreTeam = \"Team {{ user.department }}\"",
+    );
+    let patched = ws.sync(&[], 0);
+    assert_eq!(patched["summary"]["update"], created, "{patched:#}");
+
+    // The next read-back finds SocialTalent's form of it: confirmed, not drift, not re-sent.
+    for round in 0..2 {
+        fake.clear_requests();
+        let judged = ws.sync(&["--full"], 0);
+        assert_eq!(judged["summary"]["update"], 0, "round {round}: {judged:#}");
+        assert_eq!(judged["summary"]["not_kept"], 0, "round {round}");
+        assert_eq!(fake.count("PATCH") + fake.count("PUT"), 0, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_patched_without_an_answer_is_judged_by_the_next_read_back() {
     let fake = FakeScim::start().await;
     fake.drop_undeclared("udf_shoeSize");

@@ -85,6 +85,8 @@ struct ScimState {
     /// Attributes this server does not declare: dropped without an error from whatever is
     /// written, top level or in an extension object (RFC 7644 allows it; many SaaS targets do).
     dropped: BTreeSet<String>,
+    /// Attributes this server keeps in its own form: lower-cased (a normalising target).
+    lowercased: BTreeSet<String>,
 }
 
 /// A running fake SCIM server (`{url}/v2/Users`); dropping it stops it.
@@ -141,6 +143,19 @@ impl FakeScim {
     /// that does not declare it may.
     pub fn drop_undeclared(&self, attribute: &str) {
         self.lock().dropped.insert(attribute.to_owned());
+    }
+
+    /// Changes account `id` as an administrator would in SocialTalent's own interface.
+    pub fn edit_user(&self, id: &str, edit: impl FnOnce(&mut Value)) {
+        let mut state = self.lock();
+        let user = state.users.get_mut(id).expect("an account with that id");
+        edit(user);
+    }
+
+    /// Keeps `attribute` lower-cased in every account written from now on, without an error,
+    /// as a target that normalises a value may.
+    pub fn lowercase(&self, attribute: &str) {
+        self.lock().lowercased.insert(attribute.to_owned());
     }
 
     /// Adds a fault for the next `times` requests with `method` (any when `None`) whose
@@ -473,21 +488,28 @@ impl ScimState {
         }
     }
 
-    /// Removes the attributes this server does not declare.
+    /// Removes the attributes this server does not declare, and lower-cases those it keeps in
+    /// its own form.
     fn strip(&self, user: &mut Value) {
         let Some(object) = user.as_object_mut() else {
             return;
         };
-        for name in &self.dropped {
-            object.remove(name);
-        }
+        let keep = |object: &mut serde_json::Map<String, Value>| {
+            for name in &self.dropped {
+                object.remove(name);
+            }
+            for name in &self.lowercased {
+                if let Some(Value::String(text)) = object.get_mut(name) {
+                    *text = text.to_lowercase();
+                }
+            }
+        };
+        keep(object);
         for (key, value) in object.iter_mut() {
             if key.starts_with("urn:")
                 && let Some(extension) = value.as_object_mut()
             {
-                for name in &self.dropped {
-                    extension.remove(name);
-                }
+                keep(extension);
             }
         }
     }
