@@ -71,6 +71,8 @@ pub enum SourceConfig {
     Okta(OktaConfig),
     /// `kind = "entra"`.
     Entra(EntraConfig),
+    /// `kind = "onelogin"`.
+    OneLogin(OneLoginConfig),
 }
 
 impl SourceConfig {
@@ -80,6 +82,7 @@ impl SourceConfig {
             SourceConfig::File(_) => SourceKind::File,
             SourceConfig::Okta(_) => SourceKind::Okta,
             SourceConfig::Entra(_) => SourceKind::Entra,
+            SourceConfig::OneLogin(_) => SourceKind::OneLogin,
         }
     }
 }
@@ -133,6 +136,25 @@ pub struct EntraConfig {
     pub graph_url: url::Url,
     /// The identity platform's base URL.
     pub login_url: url::Url,
+}
+
+/// `[source.onelogin]`.
+#[derive(Debug, Clone)]
+pub struct OneLoginConfig {
+    /// The account's API URL, for example `https://example.onelogin.com`.
+    pub api_url: url::Url,
+    /// The API credential's client id.
+    pub client_id: String,
+    /// The API credential's client secret.
+    pub client_secret: SecretSetting,
+    /// Role and group names or globs read into `user.groups`; empty means all.
+    pub groups: Vec<String>,
+    /// Whether status 2 (suspended) counts as active.
+    pub suspended_is_active: bool,
+    /// Whether status 0 (unactivated) counts as active.
+    pub unactivated_is_active: bool,
+    /// The custom attribute (short name) read as `user.employee_id`, if any.
+    pub employee_id_attribute: Option<String>,
 }
 
 /// How updates are sent.
@@ -353,6 +375,7 @@ impl Config {
                     secrets.push(&entra.client_secret);
                 }
             }
+            SourceConfig::OneLogin(onelogin) => secrets.push(&onelogin.client_secret),
         }
         secrets
     }
@@ -428,7 +451,7 @@ impl Validator<'_> {
         if writeback.is_some() && matches!(source, SourceConfig::File(_)) {
             return Err(self.error(
                 "writeback",
-                "write-back needs an okta or entra source (the file source cannot be written to)",
+                "write-back needs an okta, entra or onelogin source (the file source cannot be written to)",
             ));
         }
         let mapping = self.mapping(
@@ -557,9 +580,51 @@ impl Validator<'_> {
                     )?,
                 }))
             }
+            "onelogin" => {
+                let onelogin = raw.onelogin.ok_or_else(|| {
+                    self.error(
+                        "source.onelogin",
+                        "kind = \"onelogin\" needs a [source.onelogin] section",
+                    )
+                })?;
+                let client_secret = self.secret(
+                    "source.onelogin.client_secret",
+                    onelogin.client_secret,
+                    onelogin.client_secret_file,
+                )?;
+                if client_secret.source.is_none() {
+                    return Err(self.error(
+                        "source.onelogin",
+                        "give client_secret (or client_secret_file): the API credential's secret",
+                    ));
+                }
+                let groups = onelogin.groups.unwrap_or_default();
+                crate::source::groups::GroupFilter::new(&groups)
+                    .map_err(|message| self.error("source.onelogin.groups", message))?;
+                let employee_id_attribute = match onelogin.employee_id_attribute {
+                    Some(name) if name.trim().is_empty() => {
+                        return Err(self.error(
+                            "source.onelogin.employee_id_attribute",
+                            "must name a custom attribute (its short name), or be left out",
+                        ));
+                    }
+                    other => other,
+                };
+                Ok(SourceConfig::OneLogin(OneLoginConfig {
+                    api_url: self.url("source.onelogin.api_url", &onelogin.api_url)?,
+                    client_id: non_empty(self, "source.onelogin.client_id", onelogin.client_id)?,
+                    client_secret,
+                    groups,
+                    suspended_is_active: onelogin.suspended_is_active.unwrap_or(false),
+                    unactivated_is_active: onelogin.unactivated_is_active.unwrap_or(false),
+                    employee_id_attribute,
+                }))
+            }
             other => Err(self.error(
                 "source.kind",
-                format!("unknown source kind {other:?}; expected \"okta\", \"entra\" or \"file\""),
+                format!(
+                    "unknown source kind {other:?}; expected \"okta\", \"entra\", \"onelogin\" or \"file\""
+                ),
             )),
         }
     }
