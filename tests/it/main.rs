@@ -8,6 +8,7 @@ mod e2e;
 mod entra;
 mod fake_graph_selftest;
 mod fake_okta_selftest;
+mod fake_onelogin_selftest;
 mod faults;
 mod okta;
 mod readback;

@@ -819,7 +819,10 @@ fn convert(raw: Box<RawValue>, rules: &Rules) -> Result<OneLoginUser, RejectedRe
         return Err(RejectedRecord {
             idp_id: None,
             location: "OneLogin user record".into(),
-            error: format!("not a user object: {}", crate::net::text::excerpt(raw.get())),
+            error: format!(
+                "not a user object: {}",
+                crate::net::text::excerpt(raw.get())
+            ),
         });
     }
     let fields: RawUser = serde_json::from_str(raw.get()).map_err(|error| RejectedRecord {
