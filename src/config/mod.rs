@@ -448,6 +448,20 @@ impl Validator<'_> {
                 entra.extra_attributes.push(head);
             }
         }
+        if let (Some(writeback), SourceConfig::OneLogin(_)) = (&writeback, &source) {
+            // OneLogin writes custom attributes only; naming the path lets the write-back
+            // compare with the value the user object holds.
+            let short_name = writeback.attribute.strip_prefix("custom_attributes.");
+            if short_name.is_none_or(|name| name.is_empty() || name.contains('.')) {
+                return Err(self.error(
+                    "writeback.attribute",
+                    format!(
+                        "OneLogin writes back into a custom attribute: give it as \"custom_attributes.<short name>\" (for example \"custom_attributes.{}\"), after creating it under Users → Custom User Fields",
+                        writeback.attribute.rsplit('.').next().unwrap_or("socialTalentId")
+                    ),
+                ));
+            }
+        }
         if writeback.is_some() && matches!(source, SourceConfig::File(_)) {
             return Err(self.error(
                 "writeback",

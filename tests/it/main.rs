@@ -11,6 +11,7 @@ mod fake_okta_selftest;
 mod fake_onelogin_selftest;
 mod faults;
 mod okta;
+mod onelogin;
 mod readback;
 mod scim_client;
 mod secrets;

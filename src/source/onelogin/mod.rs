@@ -40,7 +40,9 @@
 //! members of the roles it uses (`groups` globs) because a role assignment need not move a
 //! user's `updated_at`; it compares them, and the role and group names, with the memberships
 //! cached by id in the state ([`MEMBERSHIP_KEY`]), and re-emits every user whose roles or
-//! group name changed (from the source cache, else fetched by id). A group has no member
+//! group name changed (fetched by `user_ids`, 50 a request, so that a user deleted meanwhile
+//! is not re-emitted; from the source cache when more than a thousand changed at once, as
+//! when a big role is renamed). A group has no member
 //! list in the API: a user's group is its `group_id`, which moves `updated_at`; a renamed or
 //! deleted group re-emits its cached members. Deleted users simply vanish from OneLogin's
 //! API, which `updated_since` cannot show: they are caught by full runs (`full_cron`).
@@ -76,6 +78,9 @@ pub const MEMBERSHIP_KEY: &str = "onelogin.memberships";
 pub const OVERLAP: Duration = Duration::from_secs(120);
 /// Users per page (OneLogin's maximum).
 const PAGE: usize = 100;
+/// Users whose membership changed without an update that are fetched by id (more come from
+/// the source cache).
+const FETCH_AFFECTED_MAX: usize = 1000;
 /// Ids per `user_ids=` request.
 const IDS_PER_REQUEST: usize = 50;
 /// Timeout of one request.
@@ -309,7 +314,8 @@ pub async fn check(config: &OneLoginConfig) -> Result<String, SourceError> {
 }
 
 /// Sets one custom attribute of a OneLogin user (`PUT /api/2/users/{id}` with
-/// `custom_attributes`), for write-back.
+/// `custom_attributes`), for write-back; `attribute` is `custom_attributes.<short name>` (as
+/// `[writeback] attribute` gives it) or the short name.
 ///
 /// # Errors
 /// A message that says what to change in OneLogin when it refuses.
@@ -322,6 +328,10 @@ pub async fn write_attribute(
     if idp_id.0.is_empty() || !idp_id.0.bytes().all(|byte| byte.is_ascii_digit()) {
         return Err(format!("{idp_id} is not a OneLogin user id"));
     }
+    // The configuration names it `custom_attributes.<short name>`.
+    let attribute = attribute
+        .strip_prefix("custom_attributes.")
+        .unwrap_or(attribute);
     let body = serde_json::json!({ "custom_attributes": { attribute: value } });
     match client
         .put_json(&format!("/api/2/users/{}", idp_id.0), &body)
@@ -612,26 +622,35 @@ async fn read_incremental(
             }
         }
     }
-    let mut missing = Vec::new();
-    for id in affected {
-        if seen.contains(&id) {
-            continue;
-        }
-        match state.cached_source_user(&IdpId(id.clone()))? {
-            Some(user) => {
-                let role_ids = integer_set(user.attrs.get("role_ids").as_ref());
-                let group_id = user.attrs.get("group_id").as_ref().and_then(integer);
-                seen.insert(id);
-                users.push(OneLoginUser {
-                    user,
-                    role_ids,
-                    group_id,
-                });
+    // Users whose roles or group changed but whose record did not: fetched by id, so that
+    // one deleted meanwhile is not re-emitted (the next full run deactivates it); beyond
+    // FETCH_AFFECTED_MAX (a big role renamed) from the source cache.
+    let affected: Vec<String> = affected
+        .into_iter()
+        .filter(|id| !seen.contains(id))
+        .collect();
+    let fetch = if affected.len() <= FETCH_AFFECTED_MAX {
+        affected
+    } else {
+        let mut missing = Vec::new();
+        for id in affected {
+            match state.cached_source_user(&IdpId(id.clone()))? {
+                Some(user) => {
+                    let role_ids = integer_set(user.attrs.get("role_ids").as_ref());
+                    let group_id = user.attrs.get("group_id").as_ref().and_then(integer);
+                    seen.insert(id);
+                    users.push(OneLoginUser {
+                        user,
+                        role_ids,
+                        group_id,
+                    });
+                }
+                None => missing.push(id),
             }
-            None => missing.push(id),
         }
-    }
-    for user in fetch_users(client, &missing, rules, &mut read.rejected).await? {
+        missing
+    };
+    for user in fetch_users(client, &fetch, rules, &mut read.rejected).await? {
         if seen.insert(user.user.id.0.clone()) {
             users.push(user);
         }

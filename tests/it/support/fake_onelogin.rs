@@ -101,8 +101,12 @@ impl RecordedRequest {
 /// A fault programmed for the next requests to a path prefix.
 #[derive(Debug, Clone)]
 enum Fault {
+    /// Answered normally (to place a fault later in a sequence).
+    Pass,
     Status(u16),
-    RateLimited { retry_after: Option<u64> },
+    RateLimited {
+        retry_after: Option<u64>,
+    },
     Truncate,
 }
 
@@ -116,6 +120,7 @@ struct Inner {
     token_lifetime: i64,
     issued: usize,
     manage_users: bool,
+    read_users: bool,
     deleted_admin: bool,
     /// API requests after which every token issued so far stops working.
     expire_tokens_after: Option<usize>,
@@ -159,6 +164,7 @@ impl FakeOneLogin {
             token_lifetime: 36_000,
             issued: 0,
             manage_users: true,
+            read_users: true,
             deleted_admin: false,
             expire_tokens_after: None,
             remaining: RATE_LIMIT,
@@ -273,6 +279,12 @@ impl FakeOneLogin {
         self.lock().manage_users = manage;
     }
 
+    /// Whether the credential may read users at all (an "Authentication Only" credential
+    /// may not).
+    pub fn set_read_users(&self, read: bool) {
+        self.lock().read_users = read;
+    }
+
     /// Makes every call answer 500, as for the credentials of a deleted admin.
     pub fn delete_admin(&self) {
         self.lock().deleted_admin = true;
@@ -301,6 +313,15 @@ impl FakeOneLogin {
     /// The next `times` requests under `path_prefix` answer 429 (with `Retry-After` if given).
     pub fn rate_limit_next(&self, path_prefix: &str, times: usize, retry_after: Option<u64>) {
         self.push_fault(path_prefix, Fault::RateLimited { retry_after }, times);
+    }
+
+    /// The request under `path_prefix` after the next `skip` ones answers 429 (with
+    /// `Retry-After` if given): a rate limit in the middle of a paged read.
+    pub fn rate_limit_after(&self, path_prefix: &str, skip: usize, retry_after: Option<u64>) {
+        let mut inner = self.lock();
+        let mut queue: VecDeque<Fault> = std::iter::repeat_n(Fault::Pass, skip).collect();
+        queue.push_back(Fault::RateLimited { retry_after });
+        inner.faults.push((path_prefix.to_owned(), queue));
     }
 
     /// The next successful page under `path_prefix` is cut in the middle of its JSON.
@@ -515,6 +536,10 @@ impl Inner {
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.clone())
         };
+        if !self.read_users {
+            let (status, value) = error_v2(401, "Unauthorized", "Authentication Failure");
+            return (status, value, Vec::new());
+        }
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let done = |(status, value): (u16, Value)| (status, value, Vec::new());
         match (method.clone(), segments.as_slice()) {
