@@ -257,11 +257,16 @@ pub async fn read_one(
     user.user.groups = group_names(&user.role_ids, user.group_id, &directory, &filter);
     let mut warnings = Vec::new();
     if let Some(manager_id) = user.user.manager_id.clone() {
-        match fetch_users(&client, &[manager_id.0.clone()], &rules, &mut Vec::new())
-            .await
-            .map_err(fail)?
-            .into_iter()
-            .next()
+        match fetch_users(
+            &client,
+            std::slice::from_ref(&manager_id.0),
+            &rules,
+            &mut Vec::new(),
+        )
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .next()
         {
             Some(manager) => user.user.manager = Some(manager.user.as_manager()),
             None => warnings.push(manager_warning(&user.user)),
@@ -758,16 +763,24 @@ async fn fetch_users(
 }
 
 fn resolve_managers_in_batch(users: &mut [OneLoginUser]) {
-    let by_id: HashMap<String, usize> = users
+    let by_id: HashMap<&str, usize> = users
         .iter()
         .enumerate()
-        .map(|(index, user)| (user.user.id.0.clone(), index))
+        .map(|(index, user)| (user.user.id.0.as_str(), index))
         .collect();
+    // One reference per manager, shared by all of its reports.
+    let mut shared: HashMap<usize, Arc<ManagerRef>> = HashMap::new();
     let managers: Vec<Option<Arc<ManagerRef>>> = users
         .iter()
-        .map(|user| {
-            let manager = by_id.get(&user.user.manager_id.as_ref()?.0)?;
-            (users[*manager].user.id != user.user.id).then(|| users[*manager].user.as_manager())
+        .enumerate()
+        .map(|(index, user)| {
+            let manager = *by_id.get(user.user.manager_id.as_ref()?.0.as_str())?;
+            (manager != index).then(|| {
+                shared
+                    .entry(manager)
+                    .or_insert_with(|| users[manager].user.as_manager())
+                    .clone()
+            })
         })
         .collect();
     for (user, manager) in users.iter_mut().zip(managers) {

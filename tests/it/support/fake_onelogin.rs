@@ -59,7 +59,7 @@ pub const CLOCK_START: i64 = 1_767_603_600;
 pub const CLIENT_ID: &str = "onelogin-test-client";
 /// Its secret.
 pub const CLIENT_SECRET: &str = "onelogin-test-secret-9f2c";
-/// The hourly request budget.
+/// The hourly request budget by default.
 pub const RATE_LIMIT: u64 = 5000;
 /// What the list answers without `fields`.
 const DEFAULT_FIELDS: &[&str] = &[
@@ -124,6 +124,7 @@ struct Inner {
     deleted_admin: bool,
     /// API requests after which every token issued so far stops working.
     expire_tokens_after: Option<usize>,
+    limit: u64,
     remaining: u64,
     window_start: i64,
     faults: Vec<(String, VecDeque<Fault>)>,
@@ -167,6 +168,7 @@ impl FakeOneLogin {
             read_users: true,
             deleted_admin: false,
             expire_tokens_after: None,
+            limit: RATE_LIMIT,
             remaining: RATE_LIMIT,
             window_start: CLOCK_START,
             faults: Vec::new(),
@@ -329,6 +331,14 @@ impl FakeOneLogin {
         self.push_fault(path_prefix, Fault::Truncate, 1);
     }
 
+    /// Sets the hourly budget (and fills this window's): accounts differ, and a benchmark
+    /// reading 100,000 users several times needs more than the default.
+    pub fn set_rate_limit(&self, limit: u64) {
+        let mut inner = self.lock();
+        inner.limit = limit;
+        inner.remaining = limit;
+    }
+
     /// Sets the budget left in this window.
     pub fn set_remaining(&self, remaining: u64) {
         self.lock().remaining = remaining;
@@ -423,7 +433,7 @@ impl Inner {
         // The hourly window.
         if self.clock - self.window_start >= 3600 {
             self.window_start = self.clock;
-            self.remaining = RATE_LIMIT;
+            self.remaining = self.limit;
         }
         let fault = self
             .faults
@@ -478,7 +488,7 @@ impl Inner {
                 "date",
                 httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(self.clock as u64)),
             )
-            .header("x-ratelimit-limit", RATE_LIMIT.to_string())
+            .header("x-ratelimit-limit", self.limit.to_string())
             .header("x-ratelimit-remaining", shown_remaining.to_string())
             .header(
                 "x-ratelimit-reset",
@@ -698,6 +708,8 @@ impl Inner {
         (200, Value::Object(user.clone()))
     }
 
+    /// `GET /api/2/users`: users sorted by id; the cursor names the last id of the previous
+    /// page (opaque to clients), so a page costs its own users, not the whole account.
     fn list_users(&self, query: &[(String, String)]) -> (u16, Value, Vec<(&'static str, String)>) {
         let param = |name: &str| {
             query
@@ -705,20 +717,28 @@ impl Inner {
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.clone())
         };
+        let bad = |message: &str| {
+            let (status, value) = error_v2(400, "BadRequestError", message);
+            (status, value, Vec::new())
+        };
         let since = match param("updated_since") {
             Some(text) => match chrono::DateTime::parse_from_rfc3339(&text) {
                 Ok(time) => Some(time.timestamp()),
-                Err(_) => {
-                    let (status, value) = error_v2(
-                        400,
-                        "BadRequestError",
-                        "updated_since must be an ISO8601 timestamp",
-                    );
-                    return (status, value, Vec::new());
-                }
+                Err(_) => return bad("updated_since must be an ISO8601 timestamp"),
             },
             None => None,
         };
+        let after = match param("cursor") {
+            Some(cursor) => match decode_cursor(&cursor) {
+                Some(after) => Some(after as u64),
+                None => return bad("Invalid cursor"),
+            },
+            None => None,
+        };
+        let limit = param("limit")
+            .and_then(|limit| limit.parse::<usize>().ok())
+            .unwrap_or(50)
+            .clamp(1, 100);
         let ids: Option<BTreeSet<String>> =
             param("user_ids").map(|ids| ids.split(',').map(|id| id.trim().to_owned()).collect());
         let fields: Option<BTreeSet<String>> = param("fields").map(|fields| {
@@ -736,37 +756,63 @@ impl Inner {
             })
         };
         let (username, email) = (param("username"), param("email"));
-        let users: Vec<Value> = self
-            .users
-            .values()
-            .filter(|user| {
-                since.is_none_or(|since| {
-                    user.get("updated_at")
-                        .and_then(Value::as_str)
-                        .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
-                        .is_some_and(|updated| updated.timestamp() > since)
-                })
-            })
-            .filter(|user| {
-                ids.as_ref().is_none_or(|ids| {
-                    user.get("id")
-                        .is_some_and(|id| ids.contains(&id.to_string()))
-                })
-            })
-            .filter(|user| text_eq(user, "username", &username) && text_eq(user, "email", &email))
-            .map(|user| {
-                let kept: Map<String, Value> = user
-                    .iter()
-                    .filter(|(key, _)| match &fields {
-                        Some(fields) => fields.contains(key.as_str()),
-                        None => DEFAULT_FIELDS.contains(&key.as_str()),
-                    })
-                    .map(|(key, value)| (key.clone(), value.clone()))
-                    .collect();
-                Value::Object(kept)
+        let filtered = since.is_some() || ids.is_some() || username.is_some() || email.is_some();
+        let matches = |user: &Map<String, Value>| {
+            since.is_none_or(|since| {
+                user.get("updated_at")
+                    .and_then(Value::as_str)
+                    .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+                    .is_some_and(|updated| updated.timestamp() > since)
+            }) && ids.as_ref().is_none_or(|ids| {
+                user.get("id")
+                    .is_some_and(|id| ids.contains(&id.to_string()))
+            }) && text_eq(user, "username", &username)
+                && text_eq(user, "email", &email)
+        };
+        let total = if filtered {
+            self.users.values().filter(|user| matches(user)).count()
+        } else {
+            self.users.len()
+        };
+        let range = match after {
+            Some(after) => self
+                .users
+                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => self.users.range(..),
+        };
+        let mut page: Vec<(u64, &Map<String, Value>)> = range
+            .filter(|(_, user)| matches(user))
+            .take(limit + 1)
+            .map(|(id, user)| (*id, user))
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let items: Vec<Value> = page
+            .iter()
+            .map(|(_, user)| {
+                Value::Object(
+                    user.iter()
+                        .filter(|(key, _)| match &fields {
+                            Some(fields) => fields.contains(key.as_str()),
+                            None => DEFAULT_FIELDS.contains(&key.as_str()),
+                        })
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect(),
+                )
             })
             .collect();
-        page(users, &param)
+        let mut headers = vec![
+            ("total-count", total.to_string()),
+            ("total-pages", total.div_ceil(limit).max(1).to_string()),
+            ("page-items", limit.to_string()),
+        ];
+        if more && let Some((last, _)) = page.last() {
+            headers.push(("after-cursor", encode_cursor(*last as usize)));
+        }
+        if let Some(after) = after {
+            headers.push(("before-cursor", encode_cursor(after as usize)));
+        }
+        (200, Value::Array(items), headers)
     }
 }
 
