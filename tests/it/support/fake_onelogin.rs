@@ -578,7 +578,11 @@ impl Inner {
                 let members: Vec<Value> = self
                     .users
                     .values()
-                    .filter(|user| role_set(user).contains(&role))
+                    .filter(|user| {
+                        user.get("role_ids")
+                            .and_then(Value::as_array)
+                            .is_some_and(|ids| ids.iter().any(|id| id.as_u64() == Some(role)))
+                    })
                     .map(|user| {
                         json!({"id": user["id"], "name": format!("{} {}",
                             user.get("firstname").and_then(Value::as_str).unwrap_or_default(),
@@ -722,8 +726,10 @@ impl Inner {
             (status, value, Vec::new())
         };
         let since = match param("updated_since") {
+            // As the fake's own `updated_at` text (same format): comparing the texts compares
+            // the times.
             Some(text) => match chrono::DateTime::parse_from_rfc3339(&text) {
-                Ok(time) => Some(time.timestamp()),
+                Ok(time) => Some(iso(time.timestamp())),
                 Err(_) => return bad("updated_since must be an ISO8601 timestamp"),
             },
             None => None,
@@ -758,32 +764,53 @@ impl Inner {
         let (username, email) = (param("username"), param("email"));
         let filtered = since.is_some() || ids.is_some() || username.is_some() || email.is_some();
         let matches = |user: &Map<String, Value>| {
-            since.is_none_or(|since| {
+            since.as_deref().is_none_or(|since| {
                 user.get("updated_at")
                     .and_then(Value::as_str)
-                    .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
-                    .is_some_and(|updated| updated.timestamp() > since)
+                    .is_some_and(|updated| updated > since)
             }) && ids.as_ref().is_none_or(|ids| {
                 user.get("id")
                     .is_some_and(|id| ids.contains(&id.to_string()))
             }) && text_eq(user, "username", &username)
                 && text_eq(user, "email", &email)
         };
+        // `user_ids` names the users: look them up instead of scanning the account.
+        let candidates: Option<Vec<(u64, &Map<String, Value>)>> = ids.as_ref().map(|ids| {
+            let mut wanted: Vec<u64> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            wanted
+                .into_iter()
+                .filter_map(|id| self.users.get(&id).map(|user| (id, user)))
+                .collect()
+        });
+        let all: Box<dyn Iterator<Item = (u64, &Map<String, Value>)>> = match &candidates {
+            Some(candidates) => Box::new(candidates.iter().copied()),
+            None => Box::new(self.users.iter().map(|(id, user)| (*id, user))),
+        };
         let total = if filtered {
-            self.users.values().filter(|user| matches(user)).count()
+            all.filter(|(_, user)| matches(user)).count()
         } else {
             self.users.len()
         };
-        let range = match after {
-            Some(after) => self
-                .users
-                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
-            None => self.users.range(..),
+        let rest: Box<dyn Iterator<Item = (u64, &Map<String, Value>)>> = match (&candidates, after)
+        {
+            (Some(candidates), _) => Box::new(
+                candidates
+                    .iter()
+                    .copied()
+                    .filter(move |(id, _)| after.is_none_or(|after| *id > after)),
+            ),
+            (None, Some(after)) => Box::new(
+                self.users
+                    .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                    .map(|(id, user)| (*id, user)),
+            ),
+            (None, None) => Box::new(self.users.iter().map(|(id, user)| (*id, user))),
         };
-        let mut page: Vec<(u64, &Map<String, Value>)> = range
+        let mut page: Vec<(u64, &Map<String, Value>)> = rest
             .filter(|(_, user)| matches(user))
             .take(limit + 1)
-            .map(|(id, user)| (*id, user))
             .collect();
         let more = page.len() > limit;
         page.truncate(limit);
