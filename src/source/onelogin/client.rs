@@ -189,6 +189,15 @@ struct CallState {
     reauthenticated: AtomicBool,
 }
 
+/// A task that is aborted when its handle is dropped (a page fetch nobody waits for).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Which paging a list endpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Paging {
@@ -246,11 +255,13 @@ impl OneLoginClient {
     }
 
     /// GETs every page of a list, calling `on_page` with each page's items until it returns
-    /// `Ok(false)` or there is no next cursor. The next page is requested while this one is
-    /// parsed and handed over.
+    /// `Ok(false)` or there is no next cursor. A producer task fetches and parses the pages
+    /// (the next request is sent as soon as a page's cursor is known) one page ahead of
+    /// `on_page`, so that download, parsing and the caller's work overlap.
     ///
     /// # Errors
-    /// Any [`OneLoginError`] of a page; a page that is not what `paging` says is unreadable.
+    /// Any [`OneLoginError`] of a page; a page that is not what `paging` says is unreadable,
+    /// and so is a cursor that repeats an earlier one.
     pub async fn get_pages<T: DeserializeOwned + Send + 'static>(
         &self,
         path_and_query: &str,
@@ -258,37 +269,54 @@ impl OneLoginClient {
         mut on_page: impl FnMut(Vec<T>) -> Result<bool, OneLoginError>,
     ) -> Result<(), OneLoginError> {
         let first = self.url_for(path_and_query)?;
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
+        let client = self.clone();
+        let producer = AbortOnDrop(tokio::spawn(async move {
+            client.produce_pages::<T>(first, paging, sender).await;
+        }));
+        while let Some(page) = receiver.recv().await {
+            if !on_page(page?)? {
+                break;
+            }
+        }
+        drop(producer);
+        Ok(())
+    }
+
+    /// Fetches and parses the pages of a list into `sender`, in order, until the last page,
+    /// an error (sent as the last item) or a closed channel.
+    async fn produce_pages<T: DeserializeOwned + Send + 'static>(
+        self,
+        first: Url,
+        paging: Paging,
+        sender: tokio::sync::mpsc::Sender<Result<Vec<T>, OneLoginError>>,
+    ) {
         let mut url = first.clone();
         let mut seen_cursors = std::collections::HashSet::new();
-        let mut prefetched: Option<tokio::task::JoinHandle<Result<Answer, OneLoginError>>> = None;
+        let mut in_flight: Option<AbortOnDrop<Result<Answer, OneLoginError>>> = None;
         loop {
-            let answer = match prefetched.take() {
-                Some(handle) => {
-                    handle
-                        .await
-                        .map_err(|error| OneLoginError::InvalidResponse {
-                            url: display_url(&url),
-                            message: format!("the page request failed: {error}"),
-                        })??
+            let answer = match in_flight.take() {
+                Some(mut handle) => match (&mut handle.0).await {
+                    Ok(answer) => answer,
+                    Err(error) => Err(OneLoginError::InvalidResponse {
+                        url: display_url(&url),
+                        message: format!("the page request failed: {error}"),
+                    }),
+                },
+                None => self.send(Method::GET, &url, None).await,
+            };
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
                 }
-                None => self.send(Method::GET, &url, None).await?,
             };
-            let (items, cursor) = match paging {
-                Paging::V2 => (
-                    parse_items::<T>(&answer.body, &url)?,
-                    answer
-                        .headers
-                        .get("after-cursor")
-                        .and_then(|value| value.to_str().ok())
-                        .map(str::trim)
-                        .filter(|cursor| !cursor.is_empty())
-                        .map(str::to_owned),
-                ),
-                Paging::V1 => parse_v1_page::<T>(&answer.body, &url)?,
-            };
-            let next = match cursor {
-                None => None,
-                Some(cursor) => {
+            let mut next_url = None;
+            let mut follow =
+                |cursor: String,
+                 in_flight: &mut Option<AbortOnDrop<Result<Answer, OneLoginError>>>|
+                 -> Result<(), OneLoginError> {
                     if !seen_cursors.insert(cursor.clone()) {
                         return Err(OneLoginError::InvalidResponse {
                             url: display_url(&url),
@@ -302,21 +330,44 @@ impl OneLoginClient {
                     let next = with_param(&first, param, &cursor);
                     let client = self.clone();
                     let for_task = next.clone();
-                    prefetched = Some(tokio::spawn(async move {
+                    *in_flight = Some(AbortOnDrop(tokio::spawn(async move {
                         client.send(Method::GET, &for_task, None).await
-                    }));
-                    Some(next)
+                    })));
+                    next_url = Some(next);
+                    Ok(())
+                };
+            // v2: the cursor is in a header, so the next request leaves before this page is
+            // parsed; v1 has it in the body.
+            let parsed = match paging {
+                Paging::V2 => {
+                    let cursor = answer
+                        .headers
+                        .get("after-cursor")
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::trim)
+                        .filter(|cursor| !cursor.is_empty())
+                        .map(str::to_owned);
+                    match cursor.map(|cursor| follow(cursor, &mut in_flight)) {
+                        Some(Err(error)) => Err(error),
+                        _ => parse_items::<T>(&answer.body, &url),
+                    }
+                }
+                Paging::V1 => {
+                    parse_v1_page::<T>(&answer.body, &url).and_then(
+                        |(items, cursor)| match cursor {
+                            Some(cursor) => follow(cursor, &mut in_flight).map(|()| items),
+                            None => Ok(items),
+                        },
+                    )
                 }
             };
             drop(answer);
-            if !on_page(items)? {
-                if let Some(handle) = prefetched.take() {
-                    handle.abort();
-                }
-                return Ok(());
+            let failed = parsed.is_err();
+            if sender.send(parsed).await.is_err() || failed {
+                return;
             }
-            match next {
-                None => return Ok(()),
+            match next_url {
+                None => return,
                 Some(next) => url = next,
             }
         }

@@ -452,10 +452,10 @@ async fn read_full(
     let mut users: Vec<OneLoginUser> = Vec::new();
     let mut seen = HashSet::new();
     client
-        .get_pages::<Box<RawValue>>(&users_path(""), Paging::V2, |page| {
+        .get_pages::<UserRecord>(&users_path(""), Paging::V2, |page| {
             users.reserve(page.len());
-            for raw in page {
-                match convert(raw, rules) {
+            for record in page {
+                match convert_record(record, rules) {
                     Ok(user) if seen.insert(user.user.id.0.clone()) => users.push(user),
                     Ok(_) => {}
                     Err(record) => read.rejected.push(record),
@@ -533,12 +533,12 @@ async fn read_incremental(
     let mut users: Vec<OneLoginUser> = Vec::new();
     let mut seen = HashSet::new();
     client
-        .get_pages::<Box<RawValue>>(
+        .get_pages::<UserRecord>(
             &users_path(&format!("updated_since={}", encode(&format_time(since)))),
             Paging::V2,
             |page| {
-                for raw in page {
-                    match convert(raw, rules) {
+                for record in page {
+                    match convert_record(record, rules) {
                         Ok(user) if seen.insert(user.user.id.0.clone()) => users.push(user),
                         Ok(_) => {}
                         Err(record) => read.rejected.push(record),
@@ -842,25 +842,61 @@ struct RawUser {
     custom_attributes: Option<Box<RawValue>>,
 }
 
+/// One item of a users page, parsed where the page is parsed (on the task that fetches the
+/// pages, ahead of the conversion): the object's fields the model reads, and its text kept
+/// as `attrs`. Any JSON value is accepted, so that an odd item is rejected on its own.
+#[derive(Debug)]
+struct UserRecord {
+    fields: Result<RawUser, String>,
+    attrs: Result<Attrs, String>,
+}
+
+impl UserRecord {
+    fn from_raw(raw: Box<RawValue>) -> UserRecord {
+        // A derived struct would also take an array; a user is an object.
+        if !raw.get().starts_with('{') {
+            let error = format!(
+                "not a user object: {}",
+                crate::net::text::excerpt(raw.get())
+            );
+            return UserRecord {
+                fields: Err(error.clone()),
+                attrs: Err(error),
+            };
+        }
+        let fields = serde_json::from_str::<RawUser>(raw.get())
+            .map_err(|error| format!("not a user object: {error}"));
+        let attrs = match Attrs::from_json_object(raw) {
+            Ok(Some(attrs)) => Ok(attrs),
+            Ok(None) => Err("the user record is not an object".to_owned()),
+            Err(error) => Err(format!("the user object cannot be read: {error}")),
+        };
+        UserRecord { fields, attrs }
+    }
+}
+
+impl<'de> Deserialize<'de> for UserRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<UserRecord, D::Error> {
+        Ok(UserRecord::from_raw(Box::<RawValue>::deserialize(
+            deserializer,
+        )?))
+    }
+}
+
 /// Turns one OneLogin user object (its JSON text) into a [`SourceUser`]; groups and manager
 /// are resolved later. A record without an integer id, without an email, or with a field of
 /// the wrong type is rejected on its own.
 fn convert(raw: Box<RawValue>, rules: &Rules) -> Result<OneLoginUser, RejectedRecord> {
-    // A derived struct would also take an array; a user is an object.
-    if !raw.get().starts_with('{') {
-        return Err(RejectedRecord {
-            idp_id: None,
-            location: "OneLogin user record".into(),
-            error: format!(
-                "not a user object: {}",
-                crate::net::text::excerpt(raw.get())
-            ),
-        });
-    }
-    let fields: RawUser = serde_json::from_str(raw.get()).map_err(|error| RejectedRecord {
+    convert_record(UserRecord::from_raw(raw), rules)
+}
+
+/// [`convert`] of a record parsed with its page.
+fn convert_record(record: UserRecord, rules: &Rules) -> Result<OneLoginUser, RejectedRecord> {
+    let UserRecord { fields, attrs } = record;
+    let fields: RawUser = fields.map_err(|error| RejectedRecord {
         idp_id: None,
         location: "OneLogin user record".into(),
-        error: format!("not a user object: {error}"),
+        error,
     })?;
     let id = match &fields.id {
         Some(id) => match integer(id) {
@@ -963,11 +999,7 @@ fn convert(raw: Box<RawValue>, rules: &Rules) -> Result<OneLoginUser, RejectedRe
                 .join(" "),
         ),
     };
-    let attrs = match Attrs::from_json_object(raw) {
-        Ok(Some(attrs)) => attrs,
-        Ok(None) => return Err(reject("the user record is not an object".into())),
-        Err(error) => return Err(reject(format!("the user object cannot be read: {error}"))),
-    };
+    let attrs = attrs.map_err(reject)?;
     Ok(OneLoginUser {
         user: SourceUser {
             id: IdpId(id.clone()),
