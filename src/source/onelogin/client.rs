@@ -269,18 +269,25 @@ impl OneLoginClient {
         mut on_page: impl FnMut(Vec<T>) -> Result<bool, OneLoginError>,
     ) -> Result<(), OneLoginError> {
         let first = self.url_for(path_and_query)?;
+        let shown = display_url(&first);
         let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
         let client = self.clone();
-        let producer = AbortOnDrop(tokio::spawn(async move {
+        let mut producer = AbortOnDrop(tokio::spawn(async move {
             client.produce_pages::<T>(first, paging, sender).await;
         }));
         while let Some(page) = receiver.recv().await {
             if !on_page(page?)? {
-                break;
+                return Ok(());
             }
         }
-        drop(producer);
-        Ok(())
+        // The channel closed: after the last page, or because the producer stopped without
+        // saying why, which must not pass for the end of the list.
+        (&mut producer.0)
+            .await
+            .map_err(|error| OneLoginError::InvalidResponse {
+                url: shown,
+                message: format!("the page reader stopped: {error}"),
+            })
     }
 
     /// Fetches and parses the pages of a list into `sender`, in order, until the last page,
