@@ -15,6 +15,10 @@
 //!
 //! `BENCH_SOURCES=okta,entra,onelogin` picks the sources to run (default: all).
 //!
+//! - `group rename`: a group holding a tenth of the users (10,000 of 100,000) is renamed; the
+//!   next incremental read is timed, its requests per user counted (target: none), and the
+//!   mapping and planning of the users it returns timed (target: ≤ 1 s).
+//!
 //! It measures; it asserts nothing. One line per figure: `name value unit target PASS|MISS`.
 //! Under `cargo test --all-targets` (no `--bench` argument) it runs a 500-user smoke version.
 
@@ -26,6 +30,8 @@ mod fake_graph;
 mod fake_okta;
 #[path = "../tests/it/support/fake_onelogin.rs"]
 mod fake_onelogin;
+#[path = "../tests/it/support/quote.rs"]
+mod quote;
 
 use std::path::Path;
 use std::time::Instant;
@@ -203,6 +209,81 @@ async fn okta(users: usize, rounds: usize) {
         "s",
         "< 1",
         Some(elapsed < 1.0),
+    );
+}
+
+/// A group with a tenth of the users is renamed: the incremental read finds its members in the
+/// source cache (no request per user), and they are mapped and planned.
+async fn okta_rename(users: usize) {
+    let okta = FakeOkta::start().await;
+    okta.add_group("00g1", "LP Security Awareness");
+    for index in 0..users {
+        let id = format!("00u{index:08}");
+        okta.add_user(
+            &id,
+            "ACTIVE",
+            json!({"login": format!("user{index}@example.com"), "email": format!("user{index}@example.com"),
+                   "firstName": "Given", "lastName": format!("Family{index}"), "department": "Sales"}),
+        );
+        if index % 10 == 0 {
+            okta.add_member("00g1", &id);
+        }
+    }
+    okta.advance_clock(3600);
+    let text = format!(
+        "[source]\nkind = \"okta\"\n[source.okta]\norg_url = \"{}\"\ntoken = \"{}\"\ngroups = [\"LP *\"]\n[target]\nbase_url = \"http://127.0.0.1:9/v2\"\ntoken = \"unused\"\n[mapping]\nuserName = \"{{{{ user.email }}}}\"\ncoreTeam = \"{{{{ user.department }}}}\"\nrole = \"user\"\nlearningPaths = {{ expr = \"user.groups | map('replace', 'LP ', '') | list\" }}\n",
+        okta.url,
+        okta.api_token()
+    );
+    let config = Config::parse(Path::new("bench.toml"), &text).expect("a valid configuration");
+    let full = source::read(&config.source, None, true)
+        .await
+        .expect("full read");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("state");
+    state.apply_source_commit(&full.commit).expect("commit");
+    okta.advance_clock(600);
+    okta.rename_group("00g1", "LP Security");
+    okta.advance_clock(60);
+    okta.clear_requests();
+    let started = Instant::now();
+    let read = source::read(&config.source, Some(&state), false)
+        .await
+        .expect("incremental read");
+    let read_time = started.elapsed().as_secs_f64();
+    let per_user = okta
+        .requests()
+        .iter()
+        .filter(|request| request.path.starts_with("/api/v1/users/"))
+        .count();
+    let members = users.div_ceil(10);
+    line(
+        "okta rename: users re-derived",
+        read.users.len() as f64,
+        "users",
+        &members.to_string(),
+        Some(read.users.len() == members),
+    );
+    line(
+        "okta rename: requests per user",
+        per_user as f64,
+        "requests",
+        "0",
+        Some(per_user == 0),
+    );
+    line("okta rename: incremental read", read_time, "s", "", None);
+    let started = Instant::now();
+    let planned =
+        socialtalent_sync::sync::plan_read(&config, Some(&state), read, &Default::default())
+            .expect("planned");
+    let plan_time = started.elapsed().as_secs_f64();
+    assert_eq!(planned.mapped.len(), members);
+    line(
+        "okta rename: mapping and planning",
+        plan_time,
+        "s",
+        "<= 1",
+        Some(plan_time <= 1.0),
     );
 }
 
@@ -541,6 +622,7 @@ fn main() {
         let runs = |name: &str| picked.is_empty() || picked.split(',').any(|p| p.trim() == name);
         if runs("okta") {
             okta(users, rounds).await;
+            okta_rename(users).await;
         }
         if runs("entra") {
             graph(users, rounds).await;

@@ -10,15 +10,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, SourceConfig};
+use crate::control::{self, Asked, Request};
 use crate::mapping::Decision;
 use crate::scim::wire;
 use crate::state::State;
 use crate::status::StatusReport;
-use crate::sync::{self, Mode, Options, Progress, SyncError};
+use crate::sync::{self, Mode, Options, Progress, Release, SyncError};
 
 /// Keeps SocialTalent's users in step with Okta or Microsoft Entra ID.
 #[derive(Debug, Parser)]
-#[command(name = "socialtalent-sync", version, about, long_about = None)]
+#[command(name = "socialtalent-sync", version = crate::version::text(), about, long_about = None)]
 pub struct Cli {
     /// The configuration file [default: $SOCIALTALENT_SYNC_CONFIG, else /etc/socialtalent-sync/config.toml].
     #[arg(long, global = true, value_name = "PATH")]
@@ -47,7 +48,8 @@ pub enum LogFormatArg {
 }
 
 /// `--output`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// A terraform-like layout.
     Text,
@@ -60,8 +62,23 @@ pub enum OutputFormat {
 pub enum Command {
     /// One reconciliation, then exit.
     Sync(SyncArgs),
-    /// The daemon: runs `sync` on the schedule until SIGTERM/SIGINT (SIGHUP reloads).
-    Run,
+    /// The daemon: runs `sync` on the schedule until SIGTERM/SIGINT (SIGHUP reloads); while it
+    /// runs, the other commands are served through its control socket.
+    Run {
+        /// Allow starting an empty state where the configuration names none.
+        #[arg(long)]
+        new_state: bool,
+    },
+    /// Release the held deactivations: runs a full sync that carries out exactly the holds
+    /// pending now (through the daemon while it runs) and prints its report.
+    Approve {
+        /// Show what would be released; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The report [default: text on a terminal, else json].
+        #[arg(long, value_enum)]
+        output: Option<OutputFormat>,
+    },
     /// Validate the configuration and secrets.
     CheckConfig {
         /// Also authenticate to the source and the target and check the mapping against the
@@ -79,6 +96,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
+        /// With --apply: allow starting an empty state where the configuration names none.
+        #[arg(long, requires = "apply")]
+        new_state: bool,
     },
     /// What the state holds: last runs, counts, held deactivations, failing users.
     Status {
@@ -103,6 +123,10 @@ pub struct SyncArgs {
     /// Release deactivations held by the safety threshold.
     #[arg(long)]
     pub allow_deactivations: bool,
+    /// Allow starting an empty state where the configuration names none ([state] path unset
+    /// and no $STATE_DIRECTORY).
+    #[arg(long)]
+    pub new_state: bool,
     /// Write the source read, the state snapshot and the plan as JSON files into this
     /// directory (test fixtures).
     #[arg(long, hide = true, value_name = "DIR")]
@@ -121,7 +145,8 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn usage(message: impl ToString) -> Failure {
+    /// Bad usage or configuration (exit 2).
+    pub fn usage(message: impl ToString) -> Failure {
         Failure {
             code: 2,
             message: message.to_string(),
@@ -129,7 +154,8 @@ impl Failure {
         }
     }
 
-    fn failed(message: impl ToString) -> Failure {
+    /// A failure (exit 1).
+    pub fn failed(message: impl ToString) -> Failure {
         Failure {
             code: 1,
             message: message.to_string(),
@@ -167,7 +193,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(failure) => {
             tracing::debug!(message = "Command failed.", code = failure.code);
-            eprintln!("error: {}", failure.message);
+            eprintln!("error: {}", crate::net::redact::scrub(&failure.message));
             failure.code
         }
     };
@@ -201,20 +227,25 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     runtime.block_on(async move {
         match cli.command {
             Command::Sync(args) => sync_command(&config, args).await,
-            Command::Run => daemon(path, config).await,
+            Command::Run { new_state } => daemon(path, config, new_state).await,
+            Command::Approve { dry_run, output } => {
+                approve(&config, dry_run, output.unwrap_or_else(default_output)).await
+            }
             Command::CheckConfig { connect } => check_config(&config, connect).await,
             Command::Preview {
                 user,
                 apply,
                 output,
-            } => preview(&config, &user, apply, output).await,
+                new_state,
+            } => preview(&config, &user, apply, output, new_state).await,
             Command::Status { output } => status(&config, output).await,
         }
     })
 }
 
-async fn daemon(path: PathBuf, config: Config) -> Result<u8, Failure> {
+async fn daemon(path: PathBuf, config: Config, new_state: bool) -> Result<u8, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
+    require_named_state(&config, new_state)?;
     let listen = |kind: SignalKind| {
         signal(kind).map_err(|error| Failure::failed(format!("cannot watch signals: {error}")))
     };
@@ -268,13 +299,88 @@ fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every log line, at every level, passes the redaction step on its way out.
+        .with_writer(|| crate::net::redact::Redacting(std::io::stderr()))
         .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests running commands in one process) is harmless.
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Refuses to start a new, empty state where the configuration names none (`[state] path`
+/// unset, no `$STATE_DIRECTORY`) unless `--new-state` says so: a command run by hand on an
+/// installed system must use the service's state, never a fresh `./socialtalent-sync-state`
+/// that takes every SocialTalent account for new.
+///
+/// # Errors
+/// [`Failure`] (exit 2) naming `--new-state`.
+pub fn require_named_state(config: &Config, new_state: bool) -> Result<(), Failure> {
+    let path = &config.state.path;
+    if config.state.named || new_state || path.join("db").exists() {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "there is no state at {} and the configuration names none ([state] path is unset and $STATE_DIRECTORY is not set); \
+         this command would start a new, empty state there and take every SocialTalent account for new. \
+         Set [state] path to the service's state directory (the package uses /var/lib/socialtalent-sync), \
+         or pass --new-state to start a new state at {} on purpose",
+        path.display(),
+        path.display()
+    )))
+}
+
+/// Sends the command to the daemon that holds the state, when one is running: `Some(exit
+/// code)` once its answer is printed, `None` when the command is to run here.
+async fn served_by_daemon(config: &Config, request: &Request) -> Result<Option<u8>, Failure> {
+    match control::ask(config, request).await {
+        Ok(Asked::NoDaemon) => Ok(None),
+        Ok(Asked::Served(response)) => {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(response.stdout.as_bytes());
+            let _ = stdout.flush();
+            eprint!("{}", response.stderr);
+            Ok(Some(response.code))
+        }
+        Err(message) => Err(Failure::failed(message)),
+    }
+}
+
+/// `--output`'s default: text on a terminal, else JSON.
+fn default_output() -> OutputFormat {
+    if std::io::stdout().is_terminal() {
+        OutputFormat::Text
+    } else {
+        OutputFormat::Json
+    }
+}
+
+/// Writes a run's report in `output`'s format.
+///
+/// # Errors
+/// What writing to `out` returns.
+pub fn write_report(
+    outcome: &sync::RunOutcome,
+    output: OutputFormat,
+    out: impl std::io::Write,
+) -> std::io::Result<()> {
+    match output {
+        OutputFormat::Text => crate::report::write_text(outcome, out),
+        OutputFormat::Json => crate::report::write_json(outcome, out),
+    }
+}
+
+/// What `approve` prints when nothing is pending.
+pub fn nothing_to_approve(output: OutputFormat) -> String {
+    match output {
+        OutputFormat::Text => "No held deactivations are pending; nothing to release.\n".into(),
+        OutputFormat::Json => format!(
+            "{}\n",
+            pretty(&json!({"pending_holds": [], "detail": "no held deactivations are pending"}))
+        ),
+    }
 }
 
 /// Opens the state for a command that writes, or for reading when it exists.
@@ -292,19 +398,40 @@ async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
     } else {
         Mode::Apply
     };
-    let output = args.output.unwrap_or(if std::io::stdout().is_terminal() {
-        OutputFormat::Text
-    } else {
-        OutputFormat::Json
-    });
+    let output = args.output.unwrap_or_else(default_output);
+    // While the daemon holds the state, it runs the sync (`--dump` is only for a state at hand).
+    if args.dump.is_none() {
+        let request = Request::Sync {
+            dry_run: args.dry_run,
+            full: args.full,
+            allow_deactivations: args.allow_deactivations,
+            output,
+        };
+        if let Some(code) = served_by_daemon(config, &request).await? {
+            return Ok(code);
+        }
+    }
+    if mode == Mode::Apply {
+        // A missing token is a configuration error reported before anything else.
+        config
+            .target
+            .token
+            .resolve()
+            .map_err(|error| Failure::from(SyncError::Secret(error)))?;
+        require_named_state(config, args.new_state)?;
+    }
     let state = open_state(config, mode == Mode::Apply)?;
     let options = Options {
         mode,
         full: args.full,
-        allow_deactivations: args.allow_deactivations,
+        release: if args.allow_deactivations {
+            Release::All
+        } else {
+            Release::Nothing
+        },
     };
     if let Some(dir) = &args.dump {
-        dump(config, state.as_ref(), options, dir).await?;
+        dump(config, state.as_ref(), options.clone(), dir).await?;
     }
     let bar = progress_bar(output);
     let on_progress = |event: Progress| {
@@ -312,7 +439,7 @@ async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
             match event {
                 Progress::Planned { users_read, writes } => {
                     bar.set_length(writes as u64);
-                    bar.set_message(format!("{users_read} users read; sending"));
+                    bar.set_message(planned_message(mode, users_read, writes));
                 }
                 Progress::ActionDone => bar.inc(1),
             }
@@ -344,11 +471,52 @@ async fn sync_command(config: &Config, args: SyncArgs) -> Result<u8, Failure> {
         failed = outcome.failed(),
     );
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let written = match output {
-        OutputFormat::Text => crate::report::write_text(&outcome, stdout),
-        OutputFormat::Json => crate::report::write_json(&outcome, stdout),
+    if let Err(error) = write_report(&outcome, output, stdout) {
+        tracing::error!(message = "Cannot write the report to standard output.", %error);
+    }
+    Ok(outcome.exit_code())
+}
+
+/// `approve`: one full run that releases exactly the holds pending now (through the daemon
+/// while it holds the state); `--dry-run` plans it.
+async fn approve(config: &Config, dry_run: bool, output: OutputFormat) -> Result<u8, Failure> {
+    if let Some(code) = served_by_daemon(config, &Request::Approve { dry_run, output }).await? {
+        return Ok(code);
+    }
+    if !dry_run {
+        config
+            .target
+            .token
+            .resolve()
+            .map_err(|error| Failure::from(SyncError::Secret(error)))?;
+    }
+    // Approving never starts a state: without one, nothing was ever held.
+    let Some(state) = open_state(config, false)? else {
+        return Err(Failure::usage(format!(
+            "there is no state at {}, so nothing is held; check [state] path (the service's state is /var/lib/socialtalent-sync when installed from the package)",
+            config.state.path.display()
+        )));
     };
-    if let Err(error) = written {
+    let pending = state.pending_holds()?;
+    if pending.is_empty() {
+        print!("{}", nothing_to_approve(output));
+        return Ok(0);
+    }
+    let options = Options {
+        mode: if dry_run { Mode::DryRun } else { Mode::Apply },
+        full: true,
+        release: Release::Pending(std::sync::Arc::new(crate::holds::keys(&pending))),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_interrupt = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_interrupt.cancel();
+        }
+    });
+    let outcome = sync::run_once(config, Some(&state), options, &cancel, &|_| {}).await?;
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    if let Err(error) = write_report(&outcome, output, stdout) {
         tracing::error!(message = "Cannot write the report to standard output.", %error);
     }
     Ok(outcome.exit_code())
@@ -367,6 +535,16 @@ fn progress_bar(output: OutputFormat) -> Option<indicatif::ProgressBar> {
     bar.set_message("reading the source");
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     Some(bar)
+}
+
+/// The progress line once the plan is built: a dry run sends nothing, so it never says so.
+fn planned_message(mode: Mode, users_read: usize, writes: usize) -> String {
+    match mode {
+        Mode::DryRun => {
+            format!("{users_read} users read; {writes} writes planned (dry run: nothing is sent)")
+        }
+        Mode::Apply => format!("{users_read} users read; sending {writes} writes"),
+    }
 }
 
 async fn dump(
@@ -426,17 +604,35 @@ async fn check_config(config: &Config, connect: bool) -> Result<u8, Failure> {
         config.mapping.attributes().join(", ")
     );
     let mut problems = 0;
+    let mut secrets_present = true;
     for secret in config.secrets() {
         match secret.resolve() {
             Ok(_) => println!("  secret {}: present", secret.key),
             Err(error) => {
                 problems += 1;
+                secrets_present = false;
                 println!("  secret {}: MISSING — {error}", secret.key);
             }
         }
     }
-    if connect {
+    // A key or certificate that is present but unusable fails here as it would in `sync`.
+    if secrets_present && let Err(error) = crate::source::check_credentials(&config.source) {
+        problems += 1;
+        println!("  credentials: INVALID — {error}");
+    }
+    if let Some(mode) = crate::state::open_to_others(&config.state.path) {
+        println!(
+            "  state: WARNING — {} is open to other users (mode {mode:04o}); it holds names, \
+             emails and SocialTalent ids: chmod 700 {}",
+            config.state.path.display(),
+            config.state.path.display()
+        );
+    }
+    // Connecting with a credential known to be missing or unusable would only repeat it.
+    if connect && problems == 0 {
         problems += check_connections(config).await?;
+    } else if connect {
+        println!("  not connecting: fix the problems above first");
     }
     if problems > 0 {
         return Err(Failure::usage(format!(
@@ -552,9 +748,41 @@ async fn preview(
     wanted: &str,
     apply: bool,
     output: OutputFormat,
+    new_state: bool,
 ) -> Result<u8, Failure> {
+    let request = Request::Preview {
+        user: wanted.to_owned(),
+        apply,
+        output,
+    };
+    if let Some(code) = served_by_daemon(config, &request).await? {
+        return Ok(code);
+    }
+    if apply {
+        require_named_state(config, new_state)?;
+    }
     let state = open_state(config, apply)?;
-    let read = crate::source::read_one(&config.source, state.as_ref(), wanted)
+    let mut out = String::new();
+    let result = preview_to(config, state.as_ref(), wanted, apply, output, &mut out).await;
+    print!("{out}");
+    result
+}
+
+/// `preview` on a state at hand (this process's, or the daemon's), writing what it shows to
+/// `out`; with `apply`, provisions that user now.
+///
+/// # Errors
+/// [`Failure`] when the user is unknown, the source cannot be read, or the write failed.
+pub async fn preview_to(
+    config: &Config,
+    state: Option<&State>,
+    wanted: &str,
+    apply: bool,
+    output: OutputFormat,
+    out: &mut String,
+) -> Result<u8, Failure> {
+    use std::fmt::Write as _;
+    let read = crate::source::read_one(&config.source, state, wanted)
         .await
         .map_err(|error| Failure::from(SyncError::Source(error)))?
         .ok_or_else(|| {
@@ -562,7 +790,7 @@ async fn preview(
                 "no user {wanted:?} in the source (looked up by id, login and email)"
             ))
         })?;
-    let planned = sync::plan_read(config, state.as_ref(), read, false)?;
+    let planned = sync::plan_read(config, state, read, &Release::Nothing)?;
     let user = planned
         .read
         .users
@@ -595,7 +823,8 @@ async fn preview(
         .find(|action| action.idp_id == user.id);
     let action_json = action.map_or_else(|| json!({"op": "none"}), |action| json!(action));
     if output == OutputFormat::Json {
-        println!(
+        let _ = writeln!(
+            out,
             "{}",
             pretty(&json!({
                 "user": user.as_ref(),
@@ -606,28 +835,35 @@ async fn preview(
             }))
         );
     } else {
-        println!(
+        let _ = writeln!(
+            out,
             "Source attributes of {} ({}):\n{}\n",
             user.label(),
             user.id,
             pretty(&json!(user.as_ref()))
         );
-        println!("Scope: {scope}");
+        let _ = writeln!(out, "Scope: {scope}");
         if let Some(error) = &mapping_error {
-            println!("Mapping error: {error}");
+            let _ = writeln!(out, "Mapping error: {error}");
         }
         if let Some(payload) = &payload {
-            println!("\nMapped SCIM document:\n{}", pretty(payload));
+            let _ = writeln!(out, "\nMapped SCIM document:\n{}", pretty(payload));
         }
         match action {
-            None => println!("\nAction: none (SocialTalent already matches)"),
+            None => {
+                let _ = writeln!(out, "\nAction: none (SocialTalent already matches)");
+            }
             Some(action) => {
-                println!("\nAction: {:?}", action.op);
+                let _ = writeln!(out, "\nAction: {:?}", action.op);
                 for change in &action.changes {
-                    println!("  {}: {} → {}", change.attribute, change.from, change.to);
+                    let _ = writeln!(
+                        out,
+                        "  {}: {} → {}",
+                        change.attribute, change.from, change.to
+                    );
                 }
                 if let Some(reason) = action.reason.as_ref().or(action.error.as_ref()) {
-                    println!("  {reason}");
+                    let _ = writeln!(out, "  {reason}");
                 }
             }
         }
@@ -636,7 +872,7 @@ async fn preview(
         return Ok(0);
     }
     let Some(action) = action.filter(|action| action.op.writes_target()) else {
-        println!("\nNothing to apply.");
+        let _ = writeln!(out, "\nNothing to apply.");
         return Ok(0);
     };
     let state =
@@ -657,7 +893,7 @@ async fn preview(
     };
     let execution = crate::executor::execute(
         &client,
-        &state,
+        state,
         settings,
         &single,
         &planned.snapshot,
@@ -673,17 +909,26 @@ async fn preview(
             action.op
         ))),
         _ => {
-            println!("\nApplied: {:?} {}", action.op, action.user_name);
+            let _ = writeln!(out, "\nApplied: {:?} {}", action.op, action.user_name);
             Ok(0)
         }
     }
 }
 
 async fn status(config: &Config, output: OutputFormat) -> Result<u8, Failure> {
+    // A user who may not use the control socket can still read a loopback `/status` below.
+    match served_by_daemon(config, &Request::Status { output }).await {
+        Ok(Some(code)) => return Ok(code),
+        Ok(None) => {}
+        Err(failure) => {
+            tracing::debug!(message = "The control socket did not serve status.", error = %failure.message);
+        }
+    }
     let report = match open_state(config, false) {
         Ok(None) => StatusReport::uninitialised(&config.state.path),
         Ok(Some(state)) => StatusReport::of(&state, config.safety.failure_quarantine_after)?,
-        // The daemon holds the state: ask it.
+        // A daemon holds the state but its control socket did not answer: ask its `/status`
+        // (served on a loopback `listen` only).
         Err(failure) if failure.locked => match config.observability.listen {
             Some(address) => status_from_daemon(address).await.map_err(|error| {
                 Failure::failed(format!(
@@ -695,11 +940,16 @@ async fn status(config: &Config, output: OutputFormat) -> Result<u8, Failure> {
         },
         Err(failure) => return Err(failure),
     };
-    match output {
-        OutputFormat::Json => println!("{}", pretty(&json!(report))),
-        OutputFormat::Text => print!("{}", report.to_text()),
-    }
+    print!("{}", render_status(&report, output));
     Ok(0)
+}
+
+/// What `status` prints.
+pub fn render_status(report: &StatusReport, output: OutputFormat) -> String {
+    match output {
+        OutputFormat::Json => format!("{}\n", pretty(&json!(report))),
+        OutputFormat::Text => report.to_text(),
+    }
 }
 
 async fn status_from_daemon(address: std::net::SocketAddr) -> Result<StatusReport, String> {
@@ -725,4 +975,19 @@ async fn status_from_daemon(address: std::net::SocketAddr) -> Result<StatusRepor
 fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value)
         .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_progress_line_never_says_sending() {
+        let dry = planned_message(Mode::DryRun, 25, 21);
+        assert!(!dry.to_lowercase().contains("send"), "{dry}");
+        assert!(dry.contains("25 users read"), "{dry}");
+        assert!(dry.contains("dry run"), "{dry}");
+        let apply = planned_message(Mode::Apply, 25, 21);
+        assert_eq!(apply, "25 users read; sending 21 writes");
+    }
 }

@@ -4,9 +4,12 @@
 //! reloads the configuration (the old one stays when the new one is invalid); cancellation (the
 //! binary wires SIGTERM/SIGINT to it) stops taking work, lets in-flight requests finish within
 //! [`SHUTDOWN_GRACE`], persists, and returns. With systemd (`Type=notify`) it reports
-//! `READY=1`, `WATCHDOG=1` and `STATUS=`.
+//! `READY=1`, `WATCHDOG=1` (only while it makes progress, see [`crate::progress`]) and
+//! `STATUS=`. While it runs it owns the state: other commands are served through its control
+//! socket ([`crate::control`]), between runs, through the same [`sync::run_once`].
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,13 +18,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cli;
 use crate::config::Config;
+use crate::control::{self, ControlSocket, Request, Response};
 use crate::executor::ActionResult;
 use crate::observability::{self, RunSummary, Shared};
 use crate::schedule::{self, RunKind};
 use crate::state::{State, StateError};
 use crate::status::StatusReport;
-use crate::sync::{self, Mode, Options, RunOutcome};
+use crate::sync::{self, Mode, Options, Release, RunOutcome, SyncError};
 
 /// How long in-flight requests may take to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -32,6 +37,9 @@ pub enum DaemonError {
     /// The state is unusable or held by another process.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] control::BindError),
     /// The HTTP endpoint could not listen.
     #[error("cannot listen on {address} ([observability] listen): {source}")]
     Listen {
@@ -65,11 +73,13 @@ pub async fn run(
     } = signals;
     let state = State::open(&config.state.path)?;
     let config = Arc::new(Mutex::new(Arc::new(config)));
-    let current = |config: &Mutex<Arc<Config>>| -> Arc<Config> {
-        Arc::clone(&config.lock().unwrap_or_else(PoisonError::into_inner))
-    };
     let first = current(&config);
-    let shared = Arc::new(Shared::new(max_age(&first)));
+    let watchdog = sd_notify::watchdog_enabled().filter(|interval| !interval.is_zero());
+    let shared = Arc::new(Shared::new(
+        max_age(&first),
+        watchdog.unwrap_or(observability::DEFAULT_LIVENESS_WINDOW),
+    ));
+    crate::progress::beat();
     publish_status(&shared, &state, &first);
     let tracker = TaskTracker::new();
     let server = match first.observability.listen {
@@ -78,6 +88,19 @@ pub async fn run(
         }
         None => None,
     };
+    let socket = ControlSocket::bind(&first.state.path)?;
+    let socket_path = socket.path().to_owned();
+    let (jobs_sender, mut jobs) = tokio::sync::mpsc::unbounded_channel();
+    tracker.spawn(control::serve(
+        socket,
+        control::Server {
+            state: state.clone(),
+            config: Arc::clone(&config),
+            jobs: jobs_sender,
+        },
+        shutdown.clone(),
+        tracker.clone(),
+    ));
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("waiting for the first run"),
@@ -85,73 +108,156 @@ pub async fn run(
     tracing::info!(
         message = "Daemon started.",
         state = %first.state.path.display(),
+        control_socket = %socket_path.display(),
         listen = ?first.observability.listen,
         source = %first.source.kind()
     );
-    start_watchdog(&tracker, shutdown.clone());
+    start_watchdog(&tracker, shutdown.clone(), Arc::clone(&shared), watchdog);
+    let daemon = Daemon {
+        state,
+        shared,
+        shutdown: shutdown.clone(),
+    };
 
     let mut next: Option<(chrono::DateTime<Utc>, RunKind)> = Some((Utc::now(), RunKind::Full));
     loop {
-        let Some((when, kind)) = next else {
+        if next.is_none() {
             tracing::error!(
-                message = "The schedule has no future tick; waiting for a reload or a stop."
+                message =
+                    "The schedule has no future tick; waiting for a reload, a request or a stop."
             );
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                Some(()) = reload.recv() => {
-                    reload_config(&config_path, &config, &shared);
-                    next = schedule::next_run(&current(&config).schedule, Utc::now());
-                    continue;
+        }
+        let due = next.map(|(when, _)| when);
+        let tick = async move {
+            match due {
+                Some(when) => {
+                    tokio::time::sleep((when - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                        .await;
                 }
+                None => std::future::pending().await,
             }
         };
-        let wait = (when - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        // Due ticks before requests: the first (full) run after start always comes first.
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             Some(()) = reload.recv() => {
-                reload_config(&config_path, &config, &shared);
+                reload_config(&config_path, &config, &daemon.shared);
                 // A new schedule may move the next tick; the first full run stays first.
-                if kind == RunKind::Incremental {
+                if next.is_none_or(|(_, kind)| kind == RunKind::Incremental) {
                     next = schedule::next_run(&current(&config).schedule, Utc::now());
                 }
                 continue;
             }
-            () = tokio::time::sleep(wait) => {}
+            () = tick => {
+                let kind = next.map_or(RunKind::Incremental, |(_, kind)| kind);
+                let started = Utc::now();
+                let options = Options {
+                    mode: Mode::Apply,
+                    full: kind == RunKind::Full,
+                    release: Release::Nothing,
+                };
+                let _ = daemon.apply_run(&current(&config), options).await;
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                next = next_after(&current(&config).schedule, started);
+            }
+            Some(job) = jobs.recv() => {
+                let started = Utc::now();
+                let response = daemon.serve_job(&current(&config), &job.request, job.release).await;
+                // The client may have gone; the run is recorded either way.
+                let _ = job.reply.send(response);
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                if next.is_some_and(|(when, _)| when <= Utc::now()) {
+                    next = next_after(&current(&config).schedule, started);
+                }
+            }
         }
-        let config_now = current(&config);
+    }
+
+    tracing::info!(message = "Shutting down.");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    // Requests still queued are answered "shutting down" as their channel closes.
+    drop(jobs);
+    if let Err(error) = daemon.state.flush() {
+        tracing::error!(message = "Cannot flush the state.", %error);
+    }
+    tracker.close();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    tracker.wait().await;
+    Ok(())
+}
+
+/// The next tick after a run (or a served request) that started at `started`; ticks that passed
+/// meanwhile are skipped, and logged.
+fn next_after(
+    schedule: &crate::config::ScheduleConfig,
+    started: chrono::DateTime<Utc>,
+) -> Option<(chrono::DateTime<Utc>, RunKind)> {
+    let skipped = schedule::ticks_between(schedule, started, Utc::now());
+    if skipped > 0 {
+        tracing::warn!(
+            message = "Scheduled ticks passed while the run was going; they were skipped.",
+            skipped
+        );
+    }
+    schedule::next_run(schedule, Utc::now())
+}
+
+fn current(config: &Mutex<Arc<Config>>) -> Arc<Config> {
+    Arc::clone(&config.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// What the loop's runs and served requests share.
+struct Daemon {
+    state: State,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+}
+
+impl Daemon {
+    /// One applied run (scheduled or requested): runs, records it for the metrics, `/healthz`
+    /// and systemd, and returns its result (`None` when shutdown cut it short).
+    async fn apply_run(
+        &self,
+        config: &Config,
+        options: Options,
+    ) -> Option<Result<RunOutcome, SyncError>> {
+        let full = options.full;
         let started = Utc::now();
-        tracing::info!(message = "Run starting.", full = kind == RunKind::Full);
-        notify(&[sd_notify::NotifyState::Status(if kind == RunKind::Full {
+        tracing::info!(message = "Run starting.", full);
+        notify(&[sd_notify::NotifyState::Status(if full {
             "running a full sync"
         } else {
             "running an incremental sync"
         })]);
-        let options = Options {
-            mode: Mode::Apply,
-            full: kind == RunKind::Full,
-            allow_deactivations: false,
-        };
-        let run = sync::run_once(&config_now, Some(&state), options, &shutdown, &|_| {});
+        let _busy = Busy::start(&self.shared);
+        let run = sync::run_once(config, Some(&self.state), options, &self.shutdown, &|_| {});
         let result = tokio::select! {
             result = run => Some(result),
             () = async {
-                shutdown.cancelled().await;
+                self.shutdown.cancelled().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => None,
         };
         let finished = Utc::now();
-        let summary = match result {
-            Some(Ok(outcome)) => summarise(&outcome, started, finished),
+        let summary = match &result {
+            Some(Ok(outcome)) => summarise(outcome, started, finished),
             Some(Err(error)) => {
                 tracing::error!(message = "Run failed.", %error);
-                failed_summary(kind, started, finished, error.to_string())
+                failed_summary(full, started, finished, error.to_string())
             }
             None => {
                 tracing::warn!(
                     message = "In-flight requests did not finish within the shutdown grace period.",
                     grace_seconds = SHUTDOWN_GRACE.as_secs()
                 );
-                failed_summary(kind, started, finished, "stopped by shutdown".into())
+                failed_summary(full, started, finished, "stopped by shutdown".into())
             }
         };
         tracing::info!(
@@ -161,37 +267,148 @@ pub async fn run(
             duration_seconds = summary.duration_seconds
         );
         notify(&[sd_notify::NotifyState::Status(&status_line(&summary))]);
-        shared.metrics.record_run(&summary);
-        *shared
+        self.shared.metrics.record_run(&summary);
+        *self
+            .shared
             .last_run
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(summary);
-        publish_status(&shared, &state, &config_now);
-        if shutdown.is_cancelled() {
-            break;
-        }
-        let schedule = &current(&config).schedule;
-        let skipped = schedule::ticks_between(schedule, started, Utc::now());
-        if skipped > 0 {
-            tracing::warn!(
-                message = "Scheduled ticks passed while the run was going; they were skipped.",
-                skipped
-            );
-        }
-        next = schedule::next_run(schedule, Utc::now());
+        publish_status(&self.shared, &self.state, config);
+        result
     }
 
-    tracing::info!(message = "Shutting down.");
-    notify(&[sd_notify::NotifyState::Stopping]);
-    if let Err(error) = state.flush() {
-        tracing::error!(message = "Cannot flush the state.", %error);
+    /// Serves a request from the control socket, between runs: a dry run or a preview is
+    /// planned on the state; a sync, an approval or a preview's `--apply` is carried out here.
+    async fn serve_job(
+        &self,
+        config: &Config,
+        request: &Request,
+        release: Option<Arc<std::collections::BTreeSet<crate::holds::HoldKey>>>,
+    ) -> Response {
+        let approved = || Release::Pending(release.clone().unwrap_or_default());
+        let (dry_run, options, output) = match request {
+            Request::Status { output } => {
+                return match StatusReport::of(&self.state, config.safety.failure_quarantine_after) {
+                    Ok(report) => Response {
+                        code: 0,
+                        stdout: cli::render_status(&report, *output),
+                        stderr: String::new(),
+                    },
+                    Err(error) => Response::failure(1, &error.to_string()),
+                };
+            }
+            Request::Preview {
+                user,
+                apply,
+                output,
+            } => {
+                let _busy = Busy::start(&self.shared);
+                let mut out = String::new();
+                let result =
+                    cli::preview_to(config, Some(&self.state), user, *apply, *output, &mut out)
+                        .await;
+                if *apply {
+                    publish_status(&self.shared, &self.state, config);
+                }
+                return match result {
+                    Ok(code) => Response {
+                        code,
+                        stdout: out,
+                        stderr: String::new(),
+                    },
+                    Err(failure) => Response {
+                        stdout: out,
+                        ..Response::failure(failure.code, &failure.message)
+                    },
+                };
+            }
+            Request::Sync {
+                dry_run,
+                full,
+                allow_deactivations,
+                output,
+            } => {
+                let release = if *allow_deactivations {
+                    approved()
+                } else {
+                    Release::Nothing
+                };
+                let options = Options {
+                    mode: Mode::Apply,
+                    full: *full || *allow_deactivations,
+                    release,
+                };
+                (*dry_run, options, *output)
+            }
+            Request::Approve { dry_run, output } => {
+                let options = Options {
+                    mode: Mode::Apply,
+                    full: true,
+                    release: approved(),
+                };
+                (*dry_run, options, *output)
+            }
+        };
+        // `approve` with nothing pending has nothing to run for (a `sync` still runs).
+        if let (Request::Approve { .. }, Release::Pending(keys)) = (request, &options.release)
+            && keys.is_empty()
+        {
+            return Response {
+                code: 0,
+                stdout: cli::nothing_to_approve(output),
+                stderr: String::new(),
+            };
+        }
+        let result = if dry_run {
+            let _busy = Busy::start(&self.shared);
+            let options = Options {
+                mode: Mode::DryRun,
+                ..options
+            };
+            Some(sync::run_once(config, Some(&self.state), options, &self.shutdown, &|_| {}).await)
+        } else {
+            self.apply_run(config, options).await
+        };
+        match result {
+            Some(Ok(outcome)) => {
+                let mut out = Vec::new();
+                match cli::write_report(&outcome, output, &mut out) {
+                    Ok(()) => Response {
+                        code: outcome.exit_code(),
+                        stdout: String::from_utf8_lossy(&out).into_owned(),
+                        stderr: String::new(),
+                    },
+                    Err(error) => {
+                        Response::failure(1, &format!("cannot write the report: {error}"))
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                let failure = cli::Failure::from(error);
+                Response::failure(failure.code, &failure.message)
+            }
+            None => Response::failure(1, "the daemon is shutting down; the run was cut short"),
+        }
     }
-    tracker.close();
-    if let Some(server) = server {
-        let _ = server.await;
+}
+
+/// Marks the daemon busy (a run or a served request is going) for the watchdog and `/livez`
+/// while it lives.
+struct Busy<'a>(&'a Shared);
+
+impl<'a> Busy<'a> {
+    fn start(shared: &'a Shared) -> Busy<'a> {
+        crate::progress::beat();
+        shared.running.store(true, Ordering::Relaxed);
+        Busy(shared)
     }
-    tracker.wait().await;
-    Ok(())
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        crate::progress::beat();
+        self.0.running.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Two incremental periods: older than that, the last run is stale.
@@ -282,14 +499,14 @@ fn summarise(
 }
 
 fn failed_summary(
-    kind: RunKind,
+    full: bool,
     started: chrono::DateTime<Utc>,
     finished: chrono::DateTime<Utc>,
     error: String,
 ) -> RunSummary {
     RunSummary {
         outcome: "failed".into(),
-        full: kind == RunKind::Full,
+        full,
         finished_at: finished,
         duration_seconds: (finished - started).num_milliseconds() as f64 / 1000.0,
         error: Some(error),
@@ -333,7 +550,7 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| DaemonError::Listen { address, source })?;
-    let app = observability::router(shared);
+    let app = observability::router(shared, observability::StatusRoute::for_address(address));
     Ok(tracker.spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -344,18 +561,38 @@ async fn serve(
     }))
 }
 
-/// Pings systemd's watchdog at half its interval while the runtime is serving tasks.
-fn start_watchdog(tracker: &TaskTracker, shutdown: CancellationToken) {
-    let Some(interval) = sd_notify::watchdog_enabled().filter(|i| !i.is_zero()) else {
+/// Pings systemd's watchdog at half its interval, but only while the daemon makes progress
+/// (idle between runs, or a run whose last progress is younger than the interval,
+/// [`Shared::is_live`]): a run stuck without progress for the interval stops the pings, and
+/// systemd restarts the service.
+fn start_watchdog(
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+    shared: Arc<Shared>,
+    interval: Option<Duration>,
+) {
+    let Some(interval) = interval else {
         return;
     };
     let period = interval / 2;
     tracker.spawn(async move {
         let mut ticker = tokio::time::interval(period);
+        let mut withheld = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = ticker.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
+                _ = ticker.tick() => {
+                    if shared.is_live() {
+                        withheld = false;
+                        notify(&[sd_notify::NotifyState::Watchdog]);
+                    } else if !withheld {
+                        withheld = true;
+                        tracing::error!(
+                            message = "The run has made no progress for the watchdog interval; no longer feeding the watchdog.",
+                            interval_seconds = interval.as_secs_f64()
+                        );
+                    }
+                }
             }
         }
     });

@@ -11,11 +11,15 @@
 //! - [`source`]: the edges that read IdP users (`file`).
 //! - [`scim`]: the edge that talks to SocialTalent (`wire` formats, `client`).
 //! - [`net`]: the request limiter and the retry policy shared by every HTTP edge.
+//! - [`progress`]: the progress heartbeat that feeds the watchdog and `/livez`.
 //! - [`state`]: the sled state.
 //! - [`executor`]: carries a plan out; the only code that writes to SocialTalent.
+//! - [`holds`]: pending holds, carried from run to run until released or moot. Pure.
 //! - [`sync`]: one reconciliation (`run_once`), shared by `sync` and the daemon.
 //! - [`report`]: the JSON and text reports.
+//! - [`control`]: the daemon's local control socket (commands served while it holds the state).
 //! - [`cli`]: the command line and exit codes.
+//! - [`version`]: what `--version` prints (version, git commit, state format).
 
 #![deny(
     clippy::unwrap_used,
@@ -29,13 +33,16 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod executor;
+pub mod holds;
 pub mod mapping;
 pub mod model;
 pub mod net;
 pub mod observability;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod schedule;
 pub mod scim;
@@ -43,4 +50,5 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod sync;
+pub mod version;
 pub mod writeback;

@@ -435,6 +435,10 @@ pub struct SourceRead {
     pub rejected: Vec<RejectedRecord>,
     /// Non-fatal findings (for example a manager id that matches nobody).
     pub warnings: Vec<String>,
+    /// Why a user is in an incremental read although it did not change itself (for example
+    /// `group renamed: A → B`): shown as the reason of the user's update.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reasons: BTreeMap<IdpId, String>,
     /// What to persist once the run's writes are recorded (cursors, the source cache).
     #[serde(skip)]
     pub commit: SourceCommit,

@@ -1,8 +1,14 @@
 //! The daemon's HTTP endpoint (`[observability] listen`, loopback by default): `GET /healthz`
-//! (200 while the last run succeeded and is recent, else 503, with a JSON body), `GET /metrics`
-//! (Prometheus text), and `GET /status` (what `status` prints, as JSON).
+//! (200 while the last run succeeded and is recent, else 503, with a JSON body that also counts
+//! the pending held deactivations), `GET /livez` (200 while the daemon makes progress — the
+//! watchdog's rule, [`crate::progress::is_live`] — else 503, for container liveness probes),
+//! `GET /metrics` (Prometheus text), and, only when `listen` is a loopback address, `GET /status`
+//! (what `status` prints, as JSON; it names people, so it is always on the control socket and
+//! never on an address other hosts can reach).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State as AxumState;
@@ -35,6 +41,7 @@ pub struct Metrics {
     quarantined: Gauge,
     held: Gauge,
     last_run_timestamp: Gauge,
+    last_success_timestamp: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -135,7 +142,7 @@ impl Metrics {
         let held = Gauge::default();
         registry.register(
             "held_deactivations",
-            "Deactivations held by the last run",
+            "Deactivations held and pending (until released or moot)",
             held.clone(),
         );
         let last_run_timestamp = Gauge::default();
@@ -143,6 +150,12 @@ impl Metrics {
             "last_run_timestamp_seconds",
             "When the last run finished (Unix time)",
             last_run_timestamp.clone(),
+        );
+        let last_success_timestamp = Gauge::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the last run that did not fail finished (Unix time; 0 before the first since start)",
+            last_success_timestamp.clone(),
         );
         Metrics {
             registry,
@@ -156,6 +169,7 @@ impl Metrics {
             quarantined,
             held,
             last_run_timestamp,
+            last_success_timestamp,
         }
     }
 
@@ -179,6 +193,9 @@ impl Metrics {
         self.rate_limit_waits.inc_by(run.rate_limit_waits.0);
         self.rate_limit_wait_seconds.inc_by(run.rate_limit_waits.1);
         self.last_run_timestamp.set(run.finished_at.timestamp());
+        if run.outcome != "failed" {
+            self.last_success_timestamp.set(run.finished_at.timestamp());
+        }
     }
 
     /// Sets the gauges from a status report.
@@ -222,17 +239,36 @@ pub struct Shared {
     pub status: Mutex<Option<StatusReport>>,
     /// How old the last run may be before `/healthz` calls it stale.
     pub max_age: Mutex<chrono::Duration>,
+    /// Whether a run (or a command served for the control socket) is going.
+    pub running: AtomicBool,
+    /// How long a run may go without progress before `/livez` fails and the watchdog stops
+    /// (the watchdog interval, else [`DEFAULT_LIVENESS_WINDOW`]).
+    pub liveness_window: Duration,
 }
+
+/// The liveness window without a systemd watchdog: the packaged unit's `WatchdogSec`.
+pub const DEFAULT_LIVENESS_WINDOW: Duration = Duration::from_secs(600);
 
 impl Shared {
     /// An empty shared record.
-    pub fn new(max_age: chrono::Duration) -> Shared {
+    pub fn new(max_age: chrono::Duration, liveness_window: Duration) -> Shared {
         Shared {
             metrics: Metrics::new(),
             last_run: Mutex::new(None),
             status: Mutex::new(None),
             max_age: Mutex::new(max_age),
+            running: AtomicBool::new(false),
+            liveness_window,
         }
+    }
+
+    /// Whether the daemon makes progress now (the watchdog's rule).
+    pub fn is_live(&self) -> bool {
+        crate::progress::is_live(
+            self.running.load(Ordering::Relaxed),
+            crate::progress::since_last_beat(),
+            self.liveness_window,
+        )
     }
 }
 
@@ -243,13 +279,20 @@ fn read<T: Clone>(lock: &Mutex<T>) -> T {
 }
 
 /// The health verdict at `now`: 200 while the last run succeeded (or held deactivations) and
-/// is no older than `max_age`; 503 otherwise (no run yet, failed, or stale).
+/// is no older than `max_age`; 503 otherwise (no run yet, failed, or stale). Pending held
+/// deactivations are counted in the body (`held_deactivations`); they never fail it.
 pub fn health(shared: &Shared, now: DateTime<Utc>) -> (StatusCode, serde_json::Value) {
     let max_age = read(&shared.max_age);
+    let held = shared
+        .status
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map_or(0, |status| status.held_deactivations.len());
     match read(&shared.last_run) {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "starting", "detail": "no run has finished yet"}),
+            json!({"status": "starting", "detail": "no run has finished yet", "held_deactivations": held}),
         ),
         Some(run) => {
             let age = now - run.finished_at;
@@ -267,24 +310,65 @@ pub fn health(shared: &Shared, now: DateTime<Utc>) -> (StatusCode, serde_json::V
                     "last_run": run,
                     "age_seconds": age.num_seconds(),
                     "max_age_seconds": max_age.num_seconds(),
+                    "held_deactivations": held,
                 }),
             )
         }
     }
 }
 
+/// Whether `/status` is served on the HTTP endpoint: only on a loopback address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusRoute {
+    /// Served (the endpoint listens on loopback).
+    Served,
+    /// Not served (others can reach the endpoint; `/status` names people).
+    Hidden,
+}
+
+impl StatusRoute {
+    /// `/status` for a loopback address only.
+    pub fn for_address(address: std::net::SocketAddr) -> StatusRoute {
+        if address.ip().is_loopback() {
+            StatusRoute::Served
+        } else {
+            StatusRoute::Hidden
+        }
+    }
+}
+
 /// The endpoint's routes.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+pub fn router(shared: Arc<Shared>, status_route: StatusRoute) -> Router {
+    let router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .with_state(shared)
+        .route("/livez", get(livez))
+        .route("/metrics", get(metrics));
+    let router = match status_route {
+        StatusRoute::Served => router.route("/status", get(status)),
+        StatusRoute::Hidden => router,
+    };
+    router.with_state(shared)
 }
 
 async fn healthz(AxumState(shared): AxumState<Arc<Shared>>) -> Response {
     let (code, body) = health(&shared, Utc::now());
     (code, axum::Json(body)).into_response()
+}
+
+async fn livez(AxumState(shared): AxumState<Arc<Shared>>) -> Response {
+    let window = shared.liveness_window.as_secs();
+    if shared.is_live() {
+        (StatusCode::OK, axum::Json(json!({"status": "live"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "status": "stuck",
+                "detail": format!("a run has made no progress for {window} s or more"),
+            })),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics(AxumState(shared): AxumState<Arc<Shared>>) -> Response {
@@ -328,7 +412,7 @@ mod tests {
 
     #[test]
     fn health_follows_the_last_run_and_its_age() {
-        let shared = Shared::new(chrono::Duration::minutes(20));
+        let shared = Shared::new(chrono::Duration::minutes(20), DEFAULT_LIVENESS_WINDOW);
         let now = Utc::now();
         assert_eq!(health(&shared, now).0, StatusCode::SERVICE_UNAVAILABLE);
         *shared.last_run.lock().expect("lock") =
@@ -344,6 +428,34 @@ mod tests {
         assert_eq!(health(&shared, now).1["status"], "failing");
         *shared.last_run.lock().expect("lock") = Some(run("held", now));
         assert_eq!(health(&shared, now).0, StatusCode::OK);
+    }
+
+    #[test]
+    fn pending_holds_are_counted_in_the_health_body_and_never_fail_it() {
+        let shared = Shared::new(chrono::Duration::minutes(20), DEFAULT_LIVENESS_WINDOW);
+        let now = Utc::now();
+        *shared.last_run.lock().expect("lock") = Some(run("held", now));
+        let mut report = StatusReport::uninitialised(std::path::Path::new("state"));
+        report.held_deactivations = vec![crate::state::HeldEntry {
+            idp_id: crate::model::IdpId("E1".into()),
+            user_name: "e1@example.com".into(),
+            reason: "held".into(),
+            scim_id: None,
+            since: String::new(),
+        }];
+        *shared.status.lock().expect("lock") = Some(report);
+        let (code, body) = health(&shared, now);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body["held_deactivations"], 1);
+    }
+
+    #[test]
+    fn status_is_served_over_http_only_on_loopback() {
+        let at = |text: &str| StatusRoute::for_address(text.parse().expect("address"));
+        assert_eq!(at("127.0.0.1:9184"), StatusRoute::Served);
+        assert_eq!(at("[::1]:9184"), StatusRoute::Served);
+        assert_eq!(at("0.0.0.0:9184"), StatusRoute::Hidden);
+        assert_eq!(at("10.1.2.3:9184"), StatusRoute::Hidden);
     }
 
     #[test]
@@ -365,6 +477,27 @@ mod tests {
         );
         assert!(
             text.contains("socialtalent_sync_run_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_last_success_ignores_failed_runs() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        assert!(
+            text.contains("socialtalent_sync_last_success_timestamp_seconds 0"),
+            "{text}"
+        );
+        let succeeded = Utc::now() - chrono::Duration::minutes(10);
+        metrics.record_run(&run("held", succeeded));
+        metrics.record_run(&run("failed", Utc::now()));
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!(
+                "socialtalent_sync_last_success_timestamp_seconds {}",
+                succeeded.timestamp()
+            )),
             "{text}"
         );
     }

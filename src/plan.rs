@@ -651,6 +651,27 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
     }
     plan.keeping = std::mem::take(&mut context.keeping);
 
+    // Why users that did not change themselves are written (a group renamed or deleted).
+    if !read.reasons.is_empty() {
+        for action in &mut plan.actions {
+            let Some(why) = read.reasons.get(&action.idp_id) else {
+                continue;
+            };
+            match action.op {
+                Op::Create | Op::Update | Op::Reactivate if action.reason.is_none() => {
+                    action.reason = Some(why.clone());
+                }
+                Op::Deactivate => {
+                    action.reason = Some(format!(
+                        "{} ({why})",
+                        action.reason.as_deref().unwrap_or("deactivation")
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+
     plan.held_reason = hold_reason(read, state, safety, &plan);
     if let Some(reason) = &plan.held_reason
         && !allow_deactivations
@@ -658,7 +679,7 @@ pub fn build(inputs: &Inputs<'_>) -> Plan {
         for action in plan.actions.iter_mut().filter(|a| a.op == Op::Deactivate) {
             action.op = Op::Held;
             action.reason = Some(format!(
-                "{}; held: {reason} (review, then run `sync --allow-deactivations`)",
+                "{}; held: {reason} (review, then run `socialtalent-sync approve`)",
                 action.reason.as_deref().unwrap_or("deactivation")
             ));
         }
@@ -861,6 +882,8 @@ fn against_account(
             keeping.not_kept.push(name.clone());
         }
     }
+    // One SocialTalent now holds (it was given the attribute since) is kept after all.
+    keeping.not_kept.retain(|name| !current.contains_key(name));
     keeping.not_kept.sort();
     for name in &keeping.not_kept {
         if !current.contains_key(name)
@@ -870,7 +893,7 @@ fn against_account(
             current.insert(name.clone(), ours.clone());
         }
     }
-    if !record.unconfirmed.is_empty() {
+    if !record.unconfirmed.is_empty() || keeping.not_kept != record.not_kept {
         context.keeping.push((user.idp_id.clone(), keeping.clone()));
     }
     let repair = context.drift_policy == DriftPolicy::Repair;

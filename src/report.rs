@@ -60,6 +60,9 @@ impl Serialize for Report<'_> {
         if let Some(reason) = &outcome.stopped {
             report.serialize_entry("stopped", reason)?;
         }
+        if !outcome.pending_holds.is_empty() {
+            report.serialize_entry("pending_holds", &outcome.pending_holds)?;
+        }
         report.end()
     }
 }
@@ -252,8 +255,36 @@ pub fn write_text(outcome: &RunOutcome, mut to: impl std::io::Write) -> std::io:
     {
         let _ = writeln!(
             out,
-            "Deactivations held: {reason}. Review them, then run `socialtalent-sync sync --allow-deactivations`."
+            "Deactivations held: {reason}. Review them, then run `socialtalent-sync approve`."
         );
+    }
+    // Holds of earlier runs that this run did not plan again are pending all the same.
+    let held_now: std::collections::HashSet<String> = outcome
+        .plan
+        .actions
+        .iter()
+        .filter(|action| action.op == Op::Held)
+        .map(|action| crate::holds::key_of(&action.idp_id, action.scim_id.as_deref()))
+        .collect();
+    let earlier: Vec<_> = outcome
+        .pending_holds
+        .iter()
+        .filter(|entry| !held_now.contains(&crate::holds::entry_key(entry)))
+        .collect();
+    if !earlier.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} deactivation(s) held by an earlier run {} pending until released (`socialtalent-sync approve`) or moot:",
+            earlier.len(),
+            if outcome.mode == Mode::DryRun {
+                "would stay"
+            } else {
+                "stay"
+            }
+        );
+        for entry in earlier {
+            let _ = writeln!(out, "  ! {} — {}", entry.user_name, entry.reason);
+        }
     }
     to.write_all(out.as_bytes())?;
     to.flush()
@@ -363,6 +394,7 @@ mod tests {
                 removed: Vec::new(),
                 rejected: Vec::new(),
                 warnings: vec!["a warning".into()],
+                reasons: Default::default(),
                 commit: SourceCommit::default(),
             },
             plan: Plan {
@@ -374,6 +406,7 @@ mod tests {
             stopped: Some("the target went away".into()),
             stats: None,
             extension_schema: EXTENSION.into(),
+            pending_holds: Vec::new(),
         }
     }
 

@@ -1,9 +1,96 @@
 //! When the daemon runs: the incremental and full cron schedules of `[schedule]`, read in its
 //! time zone. Pure arithmetic on instants; the daemon does the waiting.
+//!
+//! Cron expressions follow standard (Vixie) cron, also for the day fields: when both the day of
+//! the month and the day of the week are restricted (neither starts with `*`), a time matches
+//! when *either* does — `0 9 13 * Fri` runs on every 13th and on every Friday. Otherwise both
+//! must match (with `*` that is the other field alone; `*/10` in one field still counts its
+//! days, as in Vixie cron). The cron crate alone always requires both (Friday the 13th only),
+//! so [`Cron`] is the union of two schedules when both fields are restricted.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 
 use crate::config::ScheduleConfig;
+
+/// How the day-of-month and day-of-week fields combine when both are restricted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DayMatch {
+    /// Either field matching is enough (standard cron; both fields are restricted).
+    Either,
+    /// Both fields must match (at most one of them is restricted, so it makes no difference).
+    Both,
+}
+
+/// A parsed cron schedule with standard cron's day rule (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Cron {
+    /// One schedule, or two (by day of the month, by day of the week) whose ticks are merged.
+    schedules: Vec<cron::Schedule>,
+}
+
+impl Cron {
+    /// Parses an expression in the cron crate's form (6 or 7 fields, seconds first; weekdays
+    /// as the crate reads them). With [`DayMatch::Either`] and both day fields restricted, a
+    /// time matches when either day field does.
+    ///
+    /// # Errors
+    /// The cron crate's error for an expression it cannot parse.
+    pub fn parse(expression: &str, days: DayMatch) -> Result<Cron, cron::error::Error> {
+        let fields: Vec<&str> = expression.split_whitespace().collect();
+        let unrestricted = |field: &str| field.starts_with('*') || field.starts_with('?');
+        if days == DayMatch::Either
+            && fields.len() >= 6
+            && !unrestricted(fields[3])
+            && !unrestricted(fields[5])
+        {
+            let mut by_month_day = fields.clone();
+            by_month_day[5] = "*";
+            let mut by_weekday = fields;
+            by_weekday[3] = "*";
+            return Ok(Cron {
+                schedules: vec![
+                    by_month_day.join(" ").parse()?,
+                    by_weekday.join(" ").parse()?,
+                ],
+            });
+        }
+        Ok(Cron {
+            schedules: vec![expression.parse()?],
+        })
+    }
+
+    /// The ticks after `after`, in order, each once.
+    pub fn after<'a, Z: TimeZone + 'a>(
+        &'a self,
+        after: &DateTime<Z>,
+    ) -> impl Iterator<Item = DateTime<Z>> + use<'a, Z> {
+        let mut ticks: Vec<_> = self
+            .schedules
+            .iter()
+            .map(|schedule| schedule.after(after).peekable())
+            .collect();
+        std::iter::from_fn(move || {
+            let next = ticks
+                .iter_mut()
+                .filter_map(|ticks| ticks.peek().cloned())
+                .min()?;
+            for ticks in &mut ticks {
+                if ticks.peek() == Some(&next) {
+                    ticks.next();
+                }
+            }
+            Some(next)
+        })
+    }
+
+    /// The ticks from now on, in `timezone`.
+    pub fn upcoming<'a, Z: TimeZone + 'a>(
+        &'a self,
+        timezone: Z,
+    ) -> impl Iterator<Item = DateTime<Z>> + use<'a, Z> {
+        self.after(&Utc::now().with_timezone(&timezone))
+    }
+}
 
 /// The kind of a scheduled run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +221,78 @@ mod tests {
                 .to_string(),
             "03:00"
         );
+    }
+
+    /// Standard cron: with both day fields restricted either one matching is enough; when one of
+    /// them starts with `*` (`*`, `*/n`), both must match, as in Vixie cron.
+    #[test]
+    fn both_day_fields_restricted_match_either_as_in_standard_cron() {
+        let days = |expression: &str| -> Vec<String> {
+            let cron = parse_cron(expression).expect("valid");
+            cron.after(&at("2026-01-31T12:00:00Z"))
+                .take(6)
+                .map(|t| t.format("%a %d %b").to_string())
+                .collect()
+        };
+        // Every 13th and every Friday, not only Friday the 13th.
+        assert_eq!(
+            days("0 9 13 * Fri"),
+            [
+                "Fri 06 Feb",
+                "Fri 13 Feb",
+                "Fri 20 Feb",
+                "Fri 27 Feb",
+                "Fri 06 Mar",
+                "Fri 13 Mar"
+            ]
+        );
+        assert_eq!(
+            days("0 9 1,15 * 1"),
+            [
+                "Sun 01 Feb",
+                "Mon 02 Feb",
+                "Mon 09 Feb",
+                "Sun 15 Feb",
+                "Mon 16 Feb",
+                "Mon 23 Feb"
+            ]
+        );
+        // The same in the 6-field form.
+        assert_eq!(days("0 0 9 13 * Fri"), days("0 9 13 * Fri"));
+        // One field restricted: that one alone decides.
+        assert_eq!(
+            days("0 9 13 * *"),
+            [
+                "Fri 13 Feb",
+                "Fri 13 Mar",
+                "Mon 13 Apr",
+                "Wed 13 May",
+                "Sat 13 Jun",
+                "Mon 13 Jul"
+            ]
+        );
+        assert_eq!(days("0 9 * * Fri")[..2], ["Fri 06 Feb", "Fri 13 Feb"]);
+        // A field that starts with `*` (`*/10`) does not count as restricted, as in Vixie cron:
+        // then both must match (Mondays that are the 1st, 11th, 21st or 31st).
+        assert_eq!(
+            days("0 9 */10 * Mon"),
+            [
+                "Mon 11 May",
+                "Mon 01 Jun",
+                "Mon 31 Aug",
+                "Mon 21 Sep",
+                "Mon 21 Dec",
+                "Mon 11 Jan"
+            ]
+        );
+        // A tick both fields match comes once.
+        let ticks: Vec<_> = parse_cron("0 9 13 * Fri")
+            .expect("valid")
+            .after(&at("2026-02-12T12:00:00Z"))
+            .take(3)
+            .collect();
+        assert_eq!(ticks[0], at("2026-02-13T09:00:00Z"));
+        assert_eq!(ticks[1], at("2026-02-20T09:00:00Z"));
     }
 
     #[test]

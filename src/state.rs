@@ -30,6 +30,11 @@ const META: &str = "meta";
 const SOURCE: &str = "source";
 const PUSHED: &str = "pushed";
 const OWNER_FILE: &str = "owner";
+/// The `meta` key of the pending holds (a JSON list of [`HeldEntry`]).
+const PENDING_HOLDS: &str = "pending_holds";
+/// The redaction level of the stored run and failure records. A version whose redaction step
+/// removes more bumps it; the first open by that version scrubs what older ones stored.
+const REDACTION_LEVEL: u32 = 1;
 /// sled's page cache.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -37,7 +42,7 @@ const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Another process holds the state.
-    #[error("the state directory {} is in use by another socialtalent-sync process{}; stop it (or use `status`, which asks the running daemon) and try again", path.display(), owner.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
+    #[error("the state directory {} is in use by another socialtalent-sync process{}; while the daemon runs, `status`, `sync`, `approve` and `preview` are served through its control socket (which did not answer here), other commands need it stopped: stop it and try again", path.display(), owner.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
     Locked {
         /// The state directory.
         path: PathBuf,
@@ -87,7 +92,7 @@ pub struct RunRecord {
     pub held: Vec<HeldEntry>,
 }
 
-/// A held deactivation, for `status`.
+/// A held deactivation, for `status` (pending until released or moot, see [`crate::holds`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeldEntry {
     /// The IdP user.
@@ -97,6 +102,13 @@ pub struct HeldEntry {
     pub user_name: String,
     /// Why it was held.
     pub reason: String,
+    /// The SocialTalent account, when known (an orphan's only identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scim_id: Option<String>,
+    /// When a run first held it (RFC 3339); empty in run records written before holds were
+    /// kept pending.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub since: String,
 }
 
 /// The open state database.
@@ -161,7 +173,14 @@ impl State {
             path: path.to_owned(),
             message,
         };
-        std::fs::create_dir_all(path).map_err(|error| storage(error.to_string()))?;
+        create_private_dir(path).map_err(|error| storage(error.to_string()))?;
+        if let Some(mode) = open_to_others(path) {
+            tracing::warn!(
+                message = "The state directory is open to other users; it holds names, emails and SocialTalent ids. Make it private with chmod 700.",
+                path = %path.display(),
+                mode = %format!("{mode:04o}")
+            );
+        }
         let db = sled::Config::new()
             .path(path.join("db"))
             .mode(sled::Mode::LowSpace)
@@ -202,13 +221,20 @@ impl State {
             }
             None => state.set_meta("format_version", &FORMAT_VERSION.to_string())?,
         }
+        if state.meta_u32("redaction")?.unwrap_or(0) < REDACTION_LEVEL {
+            state.scrub_records()?;
+            state.set_meta("redaction", &REDACTION_LEVEL.to_string())?;
+            state.flush()?;
+        }
         let owner = format!(
             "pid {}, started {}",
             std::process::id(),
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
         // The owner file only improves the "in use" message; failing to write it is harmless.
-        let _ = std::fs::write(path.join(OWNER_FILE), owner);
+        let _ = write_private(&path.join(OWNER_FILE), owner.as_bytes());
+        // sled made its files with the process's umask; they hold people's data.
+        state.make_private()?;
         Ok(state)
     }
 
@@ -495,7 +521,8 @@ impl State {
         };
         let record = FailureRecord {
             consecutive: previous.map_or(0, |p| p.consecutive).saturating_add(1),
-            last_error: error.to_owned(),
+            // A last line of defence: the message was built from scrubbed answers already.
+            last_error: crate::net::redact::scrub(error).into_owned(),
             label: label.to_owned(),
             last_failed_at: now_rfc3339(),
         };
@@ -514,6 +541,8 @@ impl State {
     pub fn record_run(&self, run: &RunRecord) -> Result<(), StateError> {
         let id = self.db.generate_id().map_err(|e| self.storage(e))?;
         let value = serde_json::to_vec(run).map_err(|e| self.storage(e))?;
+        // A last line of defence: the run's messages were built from scrubbed answers already.
+        let value = scrubbed_json(&value).unwrap_or(value);
         self.runs
             .insert(id.to_be_bytes(), value)
             .map_err(|e| self.storage(e))?;
@@ -533,9 +562,37 @@ impl State {
         let mut runs = Vec::new();
         for item in self.runs.iter().rev().take(limit) {
             let (key, value) = item.map_err(|e| self.storage(e))?;
-            runs.push(self.decode(&key, &value)?);
+            // Scrubbed again on the way out: the redaction step may know more secrets now than
+            // when the record was stored or the state was opened.
+            match scrubbed_json(&value) {
+                Some(clean) => runs.push(self.decode(&key, &clean)?),
+                None => runs.push(self.decode(&key, &value)?),
+            }
         }
         Ok(runs)
+    }
+
+    /// The deactivations held and still pending (see [`crate::holds`]).
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn pending_holds(&self) -> Result<Vec<HeldEntry>, StateError> {
+        match self.meta.get(PENDING_HOLDS).map_err(|e| self.storage(e))? {
+            Some(value) => self.decode(PENDING_HOLDS.as_bytes(), &value),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Replaces the pending holds.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn set_pending_holds(&self, pending: &[HeldEntry]) -> Result<(), StateError> {
+        let value = serde_json::to_vec(pending).map_err(|e| self.storage(e))?;
+        self.meta
+            .insert(PENDING_HOLDS, value)
+            .map_err(|e| self.storage(e))?;
+        Ok(())
     }
 
     /// A metadata value (cursors, watermarks).
@@ -575,6 +632,29 @@ impl State {
             Some(value) => Ok(Some(self.decode(idp_id.0.as_bytes(), &value)?)),
             None => Ok(None),
         }
+    }
+
+    /// The cached source users who are in the group `name` (for a renamed or deleted group: the
+    /// members its old name reached, without a request to the IdP). Records that cannot hold
+    /// the name are skipped before they are decoded.
+    ///
+    /// # Errors
+    /// [`StateError::Storage`].
+    pub fn cached_members_of(&self, name: &str) -> Result<Vec<SourceUser>, StateError> {
+        let needle = serde_json::to_string(name).map_err(|e| self.storage(e))?;
+        let finder = memchr::memmem::Finder::new(needle.as_bytes());
+        let mut members = Vec::new();
+        for item in self.source.iter() {
+            let (key, value) = item.map_err(|e| self.storage(e))?;
+            if finder.find(&value).is_none() {
+                continue;
+            }
+            let user: SourceUser = self.decode(&key, &value)?;
+            if user.groups.iter().any(|group| group == name) {
+                members.push(user);
+            }
+        }
+        Ok(members)
     }
 
     /// Applies a source's commit: its cursors and its cache changes, in one batch per tree.
@@ -636,6 +716,34 @@ impl State {
     /// [`StateError::Storage`].
     pub fn flush(&self) -> Result<(), StateError> {
         self.db.flush().map_err(|e| self.storage(e))?;
+        // sled may have made a new file (a snapshot) since the last flush.
+        self.make_private()
+    }
+
+    /// Sets every file under the state directory to 0600 and every directory to 0700.
+    fn make_private(&self) -> Result<(), StateError> {
+        make_private(&self.path).map_err(|e| self.storage(e))
+    }
+
+    /// Rewrites every stored run and failure record without what the redaction step removes
+    /// (records stored by a version whose redaction missed something).
+    fn scrub_records(&self) -> Result<(), StateError> {
+        let mut scrubbed = 0_usize;
+        for tree in [&self.runs, &self.failures] {
+            for item in tree.iter() {
+                let (key, value) = item.map_err(|e| self.storage(e))?;
+                if let Some(clean) = scrubbed_json(&value) {
+                    tree.insert(key, clean).map_err(|e| self.storage(e))?;
+                    scrubbed += 1;
+                }
+            }
+        }
+        if scrubbed > 0 {
+            tracing::info!(
+                message = "Removed credentials from stored run and failure records.",
+                records = scrubbed
+            );
+        }
         Ok(())
     }
 
@@ -681,6 +789,102 @@ impl State {
 
 fn id_of(key: &[u8]) -> IdpId {
     IdpId(String::from_utf8_lossy(key).into_owned())
+}
+
+/// Creates `path` (and its parents) with the state directory made 0700 whatever the umask.
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        result => result,
+    }
+}
+
+/// The permission bits of the state directory at `path` when group or others have any.
+pub fn open_to_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+/// Sets everything under `dir` (not `dir` itself, whose mode the administrator may have
+/// chosen) private: files 0600, directories 0700.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // sled may remove a file (an old snapshot) while this walks: a vanished entry is skipped.
+    let gone = |result: std::io::Result<()>| match result {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        gone((|| {
+            let kind = entry.file_type()?;
+            let wanted = if kind.is_dir() {
+                make_private(&entry.path())?;
+                0o700
+            } else if kind.is_file() {
+                0o600
+            } else {
+                return Ok(());
+            };
+            let mode = entry.metadata()?.permissions().mode() & 0o7777;
+            if mode != wanted {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(wanted))?;
+            }
+            Ok(())
+        })())?;
+    }
+    Ok(())
+}
+
+/// Writes a file readable by its owner only, whatever the umask.
+fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(content)
+}
+
+/// A stored JSON record with every string scrubbed by the redaction step, when that changed
+/// anything.
+fn scrubbed_json(value: &[u8]) -> Option<Vec<u8>> {
+    fn walk(value: &mut serde_json::Value, changed: &mut bool) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let std::borrow::Cow::Owned(clean) = crate::net::redact::scrub(text) {
+                    *text = clean;
+                    *changed = true;
+                }
+            }
+            serde_json::Value::Array(items) => {
+                items.iter_mut().for_each(|item| walk(item, changed))
+            }
+            serde_json::Value::Object(members) => {
+                members
+                    .values_mut()
+                    .for_each(|member| walk(member, changed));
+            }
+            _ => {}
+        }
+    }
+    let mut parsed: serde_json::Value = serde_json::from_slice(value).ok()?;
+    let mut changed = false;
+    walk(&mut parsed, &mut changed);
+    changed.then(|| serde_json::to_vec(&parsed).ok()).flatten()
 }
 
 fn open_error(path: &Path, error: sled::Error) -> StateError {

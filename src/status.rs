@@ -20,10 +20,14 @@ pub struct StatusReport {
     pub users: UserCounts,
     /// The last runs, newest first.
     pub last_runs: Vec<RunRecord>,
-    /// Deactivations held by the last run.
+    /// Deactivations held and still pending (until released with `approve`, or moot).
     pub held_deactivations: Vec<HeldEntry>,
     /// Users whose writes are failing.
     pub failing_users: Vec<FailingUser>,
+    /// Managed attributes SocialTalent did not keep, with how many active users they concern
+    /// (not sent again until their mapped value changes).
+    #[serde(default)]
+    pub not_kept: std::collections::BTreeMap<String, usize>,
 }
 
 /// Provisioned users by status.
@@ -63,6 +67,7 @@ impl StatusReport {
             last_runs: Vec::new(),
             held_deactivations: Vec::new(),
             failing_users: Vec::new(),
+            not_kept: std::collections::BTreeMap::new(),
         }
     }
 
@@ -74,14 +79,25 @@ impl StatusReport {
         let snapshot = state.snapshot()?;
         let runs = state.recent_runs(10)?;
         let active = snapshot.active_count();
+        let mut not_kept = std::collections::BTreeMap::new();
+        for record in snapshot
+            .users
+            .values()
+            .filter(|record| record.status == crate::model::AccountStatus::Active)
+        {
+            for attribute in &record.not_kept {
+                *not_kept.entry(attribute.clone()).or_insert(0) += 1;
+            }
+        }
         Ok(StatusReport {
+            not_kept,
             state: state.path().display().to_string(),
             initialised: true,
             users: UserCounts {
                 active,
                 deactivated: snapshot.users.len() - active,
             },
-            held_deactivations: runs.first().map(|run| run.held.clone()).unwrap_or_default(),
+            held_deactivations: state.pending_holds()?,
             last_runs: runs,
             failing_users: snapshot
                 .failures
@@ -138,15 +154,27 @@ impl StatusReport {
                     .unwrap_or_default(),
             );
         }
-        out.push_str("\nHeld deactivations (last run):\n");
+        out.push_str(
+            "\nHeld deactivations (pending until released with `socialtalent-sync approve`, or moot):\n",
+        );
         if self.held_deactivations.is_empty() {
             out.push_str("  none\n");
         }
         for entry in &self.held_deactivations {
+            let identity = if entry.idp_id.0.is_empty() {
+                format!("account {}", entry.scim_id.as_deref().unwrap_or_default())
+            } else {
+                entry.idp_id.to_string()
+            };
+            let since = if entry.since.is_empty() {
+                String::new()
+            } else {
+                format!(" — held since {}", entry.since)
+            };
             let _ = writeln!(
                 out,
-                "  {} ({}): {}",
-                entry.user_name, entry.idp_id, entry.reason
+                "  {} ({identity}): {}{since}",
+                entry.user_name, entry.reason
             );
         }
         out.push_str("\nFailing users:\n");
@@ -166,6 +194,18 @@ impl StatusReport {
                     ""
                 },
                 user.last_error
+            );
+        }
+        out.push_str(
+            "\nNot kept by SocialTalent (not sent again until the mapped value changes):\n",
+        );
+        if self.not_kept.is_empty() {
+            out.push_str("  none\n");
+        }
+        for (attribute, users) in &self.not_kept {
+            let _ = writeln!(
+                out,
+                "  {attribute}: {users} user(s) (does SocialTalent declare it? `check-config --connect` lists what it does not)"
             );
         }
         out

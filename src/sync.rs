@@ -2,13 +2,14 @@
 //! state, and (unless dry-run) execute and record. [`run_once`] builds the whole plan before
 //! anything is sent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SecretError};
 use crate::executor::{self, ActionResult, WriteSettings};
+use crate::holds::{self, HoldKey};
 use crate::mapping::MappedUser;
 use crate::model::{AccountStatus, IdpId, Snapshot, SourceRead};
 use crate::net::limiter::Limiter;
@@ -27,14 +28,27 @@ pub enum Mode {
 }
 
 /// How one run behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Dry run or apply.
     pub mode: Mode,
     /// Force a full read.
     pub full: bool,
-    /// Release deactivations held by the safety limits.
-    pub allow_deactivations: bool,
+    /// Which deactivations held by the safety limits the run releases.
+    pub release: Release,
+}
+
+/// Which deactivations held by the safety limits a run releases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Release {
+    /// None: the limits hold as usual.
+    #[default]
+    Nothing,
+    /// Every deactivation of this run (`sync --allow-deactivations` on a state no daemon holds).
+    All,
+    /// Exactly these pending holds (`approve`, and `sync --allow-deactivations` served by the
+    /// daemon): anything else the limits hold stays held.
+    Pending(Arc<BTreeSet<HoldKey>>),
 }
 
 /// Why a run could not complete.
@@ -74,6 +88,9 @@ pub struct RunOutcome {
     pub stats: Option<ClientStatistics>,
     /// The extension schema payloads are shown with.
     pub extension_schema: String,
+    /// The deactivations held and pending after this run (this run's holds and earlier ones
+    /// that still apply); for a dry run, what would be pending after applying it.
+    pub pending_holds: Vec<HeldEntry>,
 }
 
 impl RunOutcome {
@@ -96,11 +113,11 @@ impl RunOutcome {
     }
 
     /// The process exit code SPEC §3 gives this outcome: 1 when a write failed, 3 when
-    /// deactivations were held, else 0 (skips alone leave it 0).
+    /// deactivations were held or are still pending, else 0 (skips alone leave it 0).
     pub fn exit_code(&self) -> u8 {
         if self.failed() > 0 {
             1
-        } else if self.held() > 0 {
+        } else if self.held() > 0 || !self.pending_holds.is_empty() {
             3
         } else {
             0
@@ -141,6 +158,7 @@ pub async fn plan_run(
         .cloned()
         .map(|state| tokio::task::spawn_blocking(move || state.snapshot()));
     let mut read = source::read(&config.source, state, options.full).await?;
+    crate::progress::beat();
     let snapshot = match loading {
         Some(task) => task.await.map_err(|error| {
             SyncError::Internal(format!("the state loading task failed: {error}"))
@@ -165,6 +183,7 @@ pub async fn plan_run(
     })
     .await
     .map_err(|error| SyncError::Internal(format!("the mapping task failed: {error}")))?;
+    crate::progress::beat();
     tracing::debug!(message = "Users mapped.", elapsed = ?started.elapsed(), rss_kib = resident_kib(), cpu_ms = cpu_ms());
     let managed = config.mapping.attributes();
     // Full runs read SocialTalent back (adoption, drift, orphans); accounts of unchanged users
@@ -179,6 +198,7 @@ pub async fn plan_run(
                 &|account| compactor.compact(account),
             )
             .await?;
+        crate::progress::beat();
         tracing::info!(
             message = "Read SocialTalent back.",
             accounts = accounts.len()
@@ -193,12 +213,13 @@ pub async fn plan_run(
         tracing::debug!(message = "Stored attributes loaded.", users = wanted.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib(), cpu_ms = cpu_ms());
     }
     let config = Arc::new(config.clone());
-    let allow = options.allow_deactivations;
+    let release = options.release;
     let planned = tokio::task::spawn_blocking(move || {
-        plan_mapped(&config, read, mapped, snapshot, target, allow)
+        plan_mapped(&config, read, mapped, snapshot, target, &release)
     })
     .await
     .map_err(|error| SyncError::Internal(format!("the planning task failed: {error}")))?;
+    crate::progress::beat();
     tracing::debug!(message = "Planned.", actions = planned.plan.actions.len(), elapsed = ?started.elapsed(), rss_kib = resident_kib(), cpu_ms = cpu_ms());
     Ok(planned)
 }
@@ -212,7 +233,7 @@ pub fn plan_read(
     config: &Config,
     state: Option<&State>,
     read: SourceRead,
-    allow_deactivations: bool,
+    release: &Release,
 ) -> Result<Planned, SyncError> {
     let mapped = config.mapping.map_all(&read.users);
     let mut snapshot = match state {
@@ -224,14 +245,7 @@ pub fn plan_read(
         let wanted = plan::needs_pushed(&mapped, &snapshot, None, &managed);
         state.load_pushed(&mut snapshot, &wanted)?;
     }
-    Ok(plan_mapped(
-        config,
-        read,
-        mapped,
-        snapshot,
-        None,
-        allow_deactivations,
-    ))
+    Ok(plan_mapped(config, read, mapped, snapshot, None, release))
 }
 
 fn plan_mapped(
@@ -240,7 +254,7 @@ fn plan_mapped(
     mapped: Vec<MappedUser>,
     snapshot: Snapshot,
     target: Option<Vec<crate::model::TargetUser>>,
-    allow_deactivations: bool,
+    release: &Release,
 ) -> Planned {
     let managed = config.mapping.attributes();
     let mut plan = plan::build(&plan::Inputs {
@@ -248,7 +262,7 @@ fn plan_mapped(
         mapped: &mapped,
         state: &snapshot,
         safety: &config.safety,
-        allow_deactivations,
+        allow_deactivations: *release == Release::All,
         target: target.as_deref(),
         managed: &managed,
         reconcile: plan::Reconcile {
@@ -256,6 +270,9 @@ fn plan_mapped(
             orphans: config.reconcile.orphans,
         },
     });
+    if let Release::Pending(approved) = release {
+        holds::release(&mut plan, approved);
+    }
     if let Some(writeback) = &config.writeback {
         let mut accounts = active_accounts(&snapshot);
         for action in &plan.actions {
@@ -487,11 +504,13 @@ pub async fn run_once(
     on_progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<RunOutcome, SyncError> {
     let started_at = now_rfc3339();
+    let mode = options.mode;
+    let full = options.full;
     let planned = match plan_run(config, state, options).await {
         Ok(planned) => planned,
         Err(error) => {
-            if let (Mode::Apply, Some(state)) = (options.mode, state) {
-                let full = source::reads_full(&config.source, Some(state), options.full);
+            if let (Mode::Apply, Some(state)) = (mode, state) {
+                let full = source::reads_full(&config.source, Some(state), full);
                 record_failed_run(state, config, &started_at, full, &error);
             }
             return Err(error);
@@ -513,7 +532,11 @@ pub async fn run_once(
         mapped,
     } = planned;
     let extension_schema = config.target.extension_schema.clone();
-    let (Mode::Apply, Some(state)) = (options.mode, state) else {
+    let (Mode::Apply, Some(state)) = (mode, state) else {
+        let pending_holds = match state {
+            Some(state) => carry_holds(config, state, &read, &plan, None, &snapshot)?,
+            None => Vec::new(),
+        };
         return Ok(RunOutcome {
             mode: Mode::DryRun,
             read,
@@ -522,6 +545,7 @@ pub async fn run_once(
             stopped: None,
             extension_schema,
             stats: None,
+            pending_holds,
         });
     };
     // Write-backs are planned again once the writes are done (new accounts have ids then).
@@ -554,6 +578,7 @@ pub async fn run_once(
             &guards,
             cancel,
             &|| {
+                crate::progress::beat();
                 on_progress(Progress::ActionDone);
             },
         )
@@ -578,6 +603,8 @@ pub async fn run_once(
             results.push(result);
         }
     }
+    let pending_holds = carry_holds(config, state, &read, &plan, Some(&results), &snapshot)?;
+    state.set_pending_holds(&pending_holds)?;
     let outcome = RunOutcome {
         mode: Mode::Apply,
         read,
@@ -586,6 +613,7 @@ pub async fn run_once(
         stopped: execution.stopped,
         extension_schema,
         stats,
+        pending_holds,
     };
     record_run(state, &outcome, &started_at)?;
     tracing::debug!(
@@ -642,6 +670,40 @@ fn note_not_kept(plan: &mut Plan, results: &[ActionResult]) {
             }
         }
     }
+}
+
+/// The pending holds after this run ([`holds::carry`]); `results` is `None` for a dry run.
+fn carry_holds(
+    config: &Config,
+    state: &State,
+    read: &SourceRead,
+    plan: &Plan,
+    results: Option<&[ActionResult]>,
+    snapshot: &Snapshot,
+) -> Result<Vec<HeldEntry>, StateError> {
+    let previous = state.pending_holds()?;
+    let still_active: HashSet<IdpId> = previous
+        .iter()
+        .filter(|entry| {
+            snapshot
+                .users
+                .get(&entry.idp_id)
+                .is_some_and(|record| record.status == AccountStatus::Active)
+        })
+        .map(|entry| entry.idp_id.clone())
+        .collect();
+    let now = now_rfc3339();
+    Ok(holds::carry(
+        &previous,
+        &holds::RunView {
+            plan,
+            results,
+            full: read.full,
+            read_back: read.full && config.reconcile.read_back,
+            still_active: &still_active,
+            now: &now,
+        },
+    ))
 }
 
 /// What the SCIM client counted during a run, for metrics.
@@ -704,6 +766,8 @@ fn record_run(state: &State, outcome: &RunOutcome, started_at: &str) -> Result<(
             idp_id: action.idp_id.clone(),
             user_name: action.user_name.clone(),
             reason: action.reason.clone().unwrap_or_default(),
+            scim_id: action.scim_id.clone(),
+            since: String::new(),
         })
         .collect();
     state.record_run(&RunRecord {
@@ -779,6 +843,7 @@ mod tests {
             removed: Vec::new(),
             rejected: Vec::new(),
             warnings: Vec::new(),
+            reasons: Default::default(),
             commit: SourceCommit::default(),
         }
     }
@@ -805,6 +870,7 @@ mod tests {
             stopped: Some("shutting down before anything was sent".into()),
             stats: None,
             extension_schema: String::new(),
+            pending_holds: Vec::new(),
         };
         record_run(&state, &outcome, &now_rfc3339()).expect("recorded");
         let runs = state.recent_runs(1).expect("runs");
@@ -828,6 +894,13 @@ mod tests {
         );
         state
             .set_meta(source::okta::WATERMARK_KEY, "2026-12-01T00:00:00Z")
+            .expect("meta");
+        assert!(
+            source::reads_full(&okta.source, Some(&state), false),
+            "a state without the group names is read in full once"
+        );
+        state
+            .set_meta(source::okta::GROUP_NAMES_KEY, "{}")
             .expect("meta");
         assert!(!source::reads_full(&okta.source, Some(&state), false));
         assert!(source::reads_full(&okta.source, Some(&state), true));

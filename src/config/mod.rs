@@ -23,9 +23,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/socialtalent-sync/config.toml";
 pub const DEFAULT_EXTENSION_SCHEMA: &str =
     "urn:ietf:params:scim:schemas:extension:socialtalent:2.0:User";
 
-/// A configuration problem: where it is and what is wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {}{}: {message}", file.display(), key, location.map(|(l, c)| format!(" (line {l}, column {c})")).unwrap_or_default())]
+/// A configuration problem: where it is and what is wrong; with the other problems found in the
+/// same pass, if any (a file is checked whole, not one problem per run).
+#[derive(Debug)]
 pub struct ConfigError {
     /// The configuration file.
     pub file: PathBuf,
@@ -35,7 +35,73 @@ pub struct ConfigError {
     pub location: Option<(usize, usize)>,
     /// What is wrong.
     pub message: String,
+    /// The other problems found with this one (each without further `more`).
+    pub more: Vec<ConfigError>,
 }
+
+impl ConfigError {
+    /// One problem.
+    fn one(
+        file: &Path,
+        key: impl Into<String>,
+        location: Option<(usize, usize)>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: file.to_owned(),
+            key: key.into(),
+            location,
+            message: message.into(),
+            more: Vec::new(),
+        }
+    }
+
+    /// The first of `problems`, carrying the others; `None` when there are none.
+    fn all(problems: Vec<ConfigError>) -> Option<ConfigError> {
+        let mut problems = problems.into_iter().flat_map(ConfigError::into_problems);
+        let mut first = problems.next()?;
+        first.more = problems.collect();
+        Some(first)
+    }
+
+    /// This problem and the others found with it, each on its own.
+    pub fn into_problems(mut self) -> Vec<ConfigError> {
+        let more = std::mem::take(&mut self.more);
+        let mut problems = vec![self];
+        problems.extend(more.into_iter().flat_map(ConfigError::into_problems));
+        problems
+    }
+
+    /// How many problems this error holds (1 and the others found with it).
+    pub fn count(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    fn fmt_one(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.key)?;
+        if let Some((line, column)) = self.location {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        self.fmt_one(f)?;
+        for other in &self.more {
+            write!(f, "\n  {}: ", other.file.display())?;
+            other.fmt_one(f)?;
+        }
+        if !self.more.is_empty() {
+            write!(f, "\n{} problems in {}", self.count(), self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -203,10 +269,10 @@ pub struct TargetConfig {
 /// `[schedule]` for `run`.
 #[derive(Debug, Clone)]
 pub struct ScheduleConfig {
-    /// Incremental runs, as a 6-field (seconds) cron expression.
-    pub cron: cron::Schedule,
-    /// Full reconciliations, as a 6-field cron expression.
-    pub full_cron: cron::Schedule,
+    /// Incremental runs.
+    pub cron: crate::schedule::Cron,
+    /// Full reconciliations.
+    pub full_cron: crate::schedule::Cron,
     /// The time zone the expressions are read in.
     pub timezone: chrono_tz::Tz,
 }
@@ -216,6 +282,10 @@ pub struct ScheduleConfig {
 pub struct StateConfig {
     /// The state directory.
     pub path: PathBuf,
+    /// Whether the configuration names it (`[state] path` or `$STATE_DIRECTORY`); when it does
+    /// not, the path is the fallback `./socialtalent-sync-state`, and a command that would
+    /// create a new empty state there asks for `--new-state` first.
+    pub named: bool,
 }
 
 /// `[safety]`.
@@ -314,19 +384,29 @@ pub struct ObservabilityConfig {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, and registers every secret it gives that can
+    /// be read now with the redaction step (so that text stored before, such as the state's run
+    /// records, can be scrubbed of them before anything is sent). A secret that cannot be read
+    /// is not an error here: a command fails on it only when it needs it.
     ///
     /// # Errors
     /// [`ConfigError`] for the first problem found: unreadable file, TOML syntax, unknown key,
     /// bad value, or a mapping that does not compile.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-            file: path.to_owned(),
-            key: "(file)".into(),
-            location: None,
-            message: format!("cannot read the configuration: {error}"),
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::one(
+                path,
+                "(file)",
+                None,
+                format!("cannot read the configuration: {error}"),
+            )
         })?;
-        Config::parse(path, &text)
+        let config = Config::parse(path, &text)?;
+        for secret in config.secrets() {
+            // Resolving registers the value; a missing one is reported where it is needed.
+            let _ = secret.resolve();
+        }
+        Ok(config)
     }
 
     /// Validates configuration text as if read from `path`.
@@ -336,12 +416,35 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|error| {
             let location = error.span().map(|span| line_column(text, span.start));
-            ConfigError {
-                file: path.to_owned(),
-                key: raw::key_of_toml_error(text, &error),
+            let first = ConfigError::one(
+                path,
+                raw::key_of_toml_error(text, &error),
                 location,
-                message: error.message().trim().to_owned(),
+                error.message().trim(),
+            );
+            // serde stops at the first unknown key: name the others too, in one pass.
+            let mut problems = vec![];
+            if let Ok(table) = text.parse::<toml::Table>() {
+                for (key, expected) in raw::unknown_keys(&table) {
+                    if key == first.key {
+                        continue;
+                    }
+                    let leaf = key.rsplit('.').next().unwrap_or(&key).trim_matches('"');
+                    let message = format!(
+                        "unknown field `{leaf}`, expected one of {}",
+                        expected
+                            .iter()
+                            .map(|name| format!("`{name}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    let location = raw::locate_key(text, &key);
+                    problems.push(ConfigError::one(path, key, location, message));
+                }
             }
+            problems.insert(0, first);
+            ConfigError::all(problems)
+                .unwrap_or_else(|| ConfigError::one(path, "(file)", None, error.message().trim()))
         })?;
         let config_dir = path
             .parent()
@@ -403,40 +506,39 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            key: key.to_owned(),
-            location: raw::locate_key(self.text, key),
-            message: message.into(),
-        }
+        ConfigError::one(self.file, key, raw::locate_key(self.text, key), message)
     }
 
+    /// Validates every section, collecting the problems of all of them (one pass reports
+    /// everything that is wrong, not one problem per run).
     fn validate(&self, raw: raw::RawConfig) -> Result<Config, ConfigError> {
-        let source = self.source(raw.source)?;
-        let target = self.target(raw.target)?;
-        let schedule = self.schedule(raw.schedule)?;
+        let mut problems = Vec::new();
+        let source = keep(&mut problems, self.source(raw.source));
+        let target = keep(&mut problems, self.target(raw.target));
+        let schedule = keep(&mut problems, self.schedule(raw.schedule));
         let state = self.state(raw.state);
-        let safety = self.safety(raw.safety)?;
-        let reconcile = self.reconcile(raw.reconcile)?;
-        let writeback = raw
-            .writeback
-            .map(|writeback| WritebackConfig {
-                attribute: writeback.attribute,
-                value: writeback
-                    .value
-                    .unwrap_or_else(|| "{{ scim.id }}".to_owned()),
-            })
-            .map(|writeback| {
-                if writeback.attribute.trim().is_empty() {
-                    Err(self.error("writeback.attribute", "must not be empty"))
-                } else {
-                    Ok(writeback)
-                }
-            })
-            .transpose()?;
-        let observability = self.observability(raw.observability)?;
+        let safety = keep(&mut problems, self.safety(raw.safety));
+        let reconcile = keep(&mut problems, self.reconcile(raw.reconcile));
+        let writeback = raw.writeback.map(|writeback| WritebackConfig {
+            attribute: writeback.attribute,
+            value: writeback
+                .value
+                .unwrap_or_else(|| "{{ scim.id }}".to_owned()),
+        });
+        if let Some(writeback) = &writeback {
+            if writeback.attribute.trim().is_empty() {
+                problems.push(self.error("writeback.attribute", "must not be empty"));
+            }
+            if matches!(source, Some(SourceConfig::File(_))) {
+                problems.push(self.error(
+                    "writeback",
+                    "write-back needs an okta, entra or onelogin source (the file source cannot be written to)",
+                ));
+            }
+        }
+        let observability = keep(&mut problems, self.observability(raw.observability));
         let mut source = source;
-        if let (Some(writeback), SourceConfig::Entra(entra)) = (&writeback, &mut source) {
+        if let (Some(writeback), Some(SourceConfig::Entra(entra))) = (&writeback, &mut source) {
             // The write-back compares with the attribute's current value: select it.
             let head = writeback
                 .attribute
@@ -448,12 +550,12 @@ impl Validator<'_> {
                 entra.extra_attributes.push(head);
             }
         }
-        if let (Some(writeback), SourceConfig::OneLogin(_)) = (&writeback, &source) {
+        if let (Some(writeback), Some(SourceConfig::OneLogin(_))) = (&writeback, &source) {
             // OneLogin writes custom attributes only; naming the path lets the write-back
             // compare with the value the user object holds.
             let short_name = writeback.attribute.strip_prefix("custom_attributes.");
             if short_name.is_none_or(|name| name.is_empty() || name.contains('.')) {
-                return Err(self.error(
+                problems.push(self.error(
                     "writeback.attribute",
                     format!(
                         "OneLogin writes back into a custom attribute: give it as \"custom_attributes.<short name>\" (for example \"custom_attributes.{}\"), after creating it under Users → Custom User Fields",
@@ -462,29 +564,49 @@ impl Validator<'_> {
                 ));
             }
         }
-        if writeback.is_some() && matches!(source, SourceConfig::File(_)) {
-            return Err(self.error(
-                "writeback",
-                "write-back needs an okta, entra or onelogin source (the file source cannot be written to)",
-            ));
+        let mapping = keep(
+            &mut problems,
+            self.mapping(
+                raw.scope,
+                raw.mapping,
+                writeback.as_ref().map(|w| w.value.clone()),
+            ),
+        );
+        if let Some(error) = ConfigError::all(problems) {
+            return Err(error);
         }
-        let mapping = self.mapping(
-            raw.scope,
-            raw.mapping,
-            writeback.as_ref().map(|w| w.value.clone()),
-        )?;
-        Ok(Config {
-            file: self.file.to_owned(),
+        match (
             source,
             target,
             schedule,
-            state,
             safety,
             reconcile,
-            writeback,
             observability,
-            mapping: Arc::new(mapping),
-        })
+            mapping,
+        ) {
+            (
+                Some(source),
+                Some(target),
+                Some(schedule),
+                Some(safety),
+                Some(reconcile),
+                Some(observability),
+                Some(mapping),
+            ) => Ok(Config {
+                file: self.file.to_owned(),
+                source,
+                target,
+                schedule,
+                state,
+                safety,
+                reconcile,
+                writeback,
+                observability,
+                mapping: Arc::new(mapping),
+            }),
+            // Every `None` above recorded its problem, so this is not reached.
+            _ => Err(self.error("(file)", "invalid configuration")),
+        }
     }
 
     fn source(&self, raw: raw::RawSource) -> Result<SourceConfig, ConfigError> {
@@ -535,7 +657,13 @@ impl Validator<'_> {
                     client_id: okta.client_id,
                     private_key,
                     scopes: okta.scopes.unwrap_or_else(|| {
-                        vec!["okta.users.read".to_owned(), "okta.groups.read".to_owned()]
+                        // Every run reads users and groups; every incremental run reads the
+                        // System Log for membership changes.
+                        vec![
+                            "okta.users.read".to_owned(),
+                            "okta.groups.read".to_owned(),
+                            "okta.logs.read".to_owned(),
+                        ]
                     }),
                     suspended_is_active: okta.suspended_is_active.unwrap_or(false),
                     groups,
@@ -574,7 +702,9 @@ impl Validator<'_> {
                     tenant_id: non_empty(self, "source.entra.tenant_id", entra.tenant_id)?,
                     client_id: non_empty(self, "source.entra.client_id", entra.client_id)?,
                     client_secret,
-                    certificate_file: entra.certificate_file.map(|path| self.dir.join(path)),
+                    certificate_file: entra
+                        .certificate_file
+                        .map(|path| secret::locate_secret_file(&path, self.dir)),
                     private_key,
                     extra_attributes: entra.extra_attributes.unwrap_or_default(),
                     groups,
@@ -644,57 +774,77 @@ impl Validator<'_> {
     }
 
     fn target(&self, raw: raw::RawTarget) -> Result<TargetConfig, ConfigError> {
-        let mut base_url = self.url("target.base_url", &raw.base_url)?;
-        let trimmed = base_url.path().trim_end_matches('/').to_owned();
-        base_url.set_path(&trimmed);
-        let token = self.secret("target.token", raw.token, raw.token_file)?;
+        // Every problem of the table is reported; a bad value stands in as its default.
+        let mut problems = Vec::new();
+        let base_url =
+            keep(&mut problems, self.url("target.base_url", &raw.base_url)).map(|mut base_url| {
+                let trimmed = base_url.path().trim_end_matches('/').to_owned();
+                base_url.set_path(&trimmed);
+                base_url
+            });
+        let token = keep(
+            &mut problems,
+            self.secret("target.token", raw.token, raw.token_file),
+        );
         let update_with = match raw.update_with.as_deref().unwrap_or("put") {
             "put" => UpdateWith::Put,
             "patch" => UpdateWith::Patch,
             other => {
-                return Err(self.error(
+                problems.push(self.error(
                     "target.update_with",
                     format!("expected \"put\" or \"patch\", found {other:?}"),
                 ));
+                UpdateWith::Put
             }
         };
         let deactivate_with = match raw.deactivate_with.as_deref().unwrap_or("delete") {
             "delete" => DeactivateWith::Delete,
             "patch" => DeactivateWith::Patch,
             other => {
-                return Err(self.error(
+                problems.push(self.error(
                     "target.deactivate_with",
                     format!("expected \"delete\" or \"patch\", found {other:?}"),
                 ));
+                DeactivateWith::Delete
             }
         };
         let requests_per_second = raw.requests_per_second.unwrap_or(5.0);
         if !(requests_per_second.is_finite() && requests_per_second > 0.0) {
-            return Err(self.error(
+            problems.push(self.error(
                 "target.requests_per_second",
                 "must be a number greater than 0",
             ));
         }
         let burst = raw.burst.unwrap_or(5);
         if burst == 0 {
-            return Err(self.error("target.burst", "must be at least 1"));
+            problems.push(self.error("target.burst", "must be at least 1"));
         }
         let max_in_flight = raw.max_in_flight.unwrap_or(4);
         if max_in_flight == 0 {
-            return Err(self.error("target.max_in_flight", "must be at least 1"));
+            problems.push(self.error("target.max_in_flight", "must be at least 1"));
         }
         let timeout = match raw.timeout.as_deref() {
             None => Duration::from_secs(30),
-            Some(text) => humantime::parse_duration(text).map_err(|error| {
-                self.error(
-                    "target.timeout",
-                    format!("{error} (write a duration such as \"30s\" or \"2m\")"),
-                )
-            })?,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(timeout) => timeout,
+                Err(error) => {
+                    problems.push(self.error(
+                        "target.timeout",
+                        format!("{error} (write a duration such as \"30s\" or \"2m\")"),
+                    ));
+                    Duration::from_secs(30)
+                }
+            },
         };
         if timeout.is_zero() {
-            return Err(self.error("target.timeout", "must be longer than 0"));
+            problems.push(self.error("target.timeout", "must be longer than 0"));
         }
+        if let Some(error) = ConfigError::all(problems) {
+            return Err(error);
+        }
+        let (Some(base_url), Some(token)) = (base_url, token) else {
+            return Err(self.error("target", "invalid"));
+        };
         Ok(TargetConfig {
             base_url,
             token,
@@ -712,33 +862,58 @@ impl Validator<'_> {
     }
 
     fn schedule(&self, raw: raw::RawSchedule) -> Result<ScheduleConfig, ConfigError> {
-        let cron = self.cron(
-            "schedule.cron",
-            raw.cron.as_deref().unwrap_or("*/10 * * * *"),
-        )?;
-        let full_cron = self.cron(
-            "schedule.full_cron",
-            raw.full_cron.as_deref().unwrap_or("0 3 * * *"),
-        )?;
+        let mut problems = Vec::new();
+        let cron = keep(
+            &mut problems,
+            self.cron(
+                "schedule.cron",
+                raw.cron.as_deref().unwrap_or("*/10 * * * *"),
+            ),
+        );
+        let full_cron = keep(
+            &mut problems,
+            self.cron(
+                "schedule.full_cron",
+                raw.full_cron.as_deref().unwrap_or("0 3 * * *"),
+            ),
+        );
         let timezone_name = raw.timezone.as_deref().unwrap_or("UTC");
-        let timezone = timezone_name.parse::<chrono_tz::Tz>().map_err(|_| {
-            self.error(
-                "schedule.timezone",
-                format!("unknown time zone {timezone_name:?} (use an IANA name such as \"Europe/Dublin\")"),
-            )
-        })?;
-        Ok(ScheduleConfig {
-            cron,
-            full_cron,
-            timezone,
-        })
+        let timezone = timezone_name
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| {
+                problems.push(self.error(
+                    "schedule.timezone",
+                    format!("unknown time zone {timezone_name:?} (use an IANA name such as \"Europe/Dublin\")"),
+                ));
+            })
+            .ok();
+        if let Some(error) = ConfigError::all(problems) {
+            return Err(error);
+        }
+        match (cron, full_cron, timezone) {
+            (Some(cron), Some(full_cron), Some(timezone)) => Ok(ScheduleConfig {
+                cron,
+                full_cron,
+                timezone,
+            }),
+            _ => Err(self.error("schedule", "invalid")),
+        }
     }
 
-    fn cron(&self, key: &str, expression: &str) -> Result<cron::Schedule, ConfigError> {
+    fn cron(&self, key: &str, expression: &str) -> Result<crate::schedule::Cron, ConfigError> {
         parse_cron(expression).map_err(|message| self.error(key, message))
     }
 
     fn state(&self, raw: raw::RawState) -> StateConfig {
+        let from_systemd = std::env::var_os("STATE_DIRECTORY").is_some_and(|dirs| {
+            !dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .is_empty()
+        });
+        let named = raw.path.is_some() || from_systemd;
         let path = match raw.path {
             Some(path) => self.dir.join(path),
             None => std::env::var_os("STATE_DIRECTORY")
@@ -755,23 +930,31 @@ impl Validator<'_> {
                 .filter(|path| !path.as_os_str().is_empty())
                 .unwrap_or_else(|| PathBuf::from("socialtalent-sync-state")),
         };
-        StateConfig { path }
+        StateConfig { path, named }
     }
 
     fn safety(&self, raw: raw::RawSafety) -> Result<SafetyConfig, ConfigError> {
+        let mut problems = Vec::new();
         let percent = raw.max_deactivation_percent.unwrap_or(5.0);
         if !(0.0..=100.0).contains(&percent) {
-            return Err(self.error(
+            problems.push(self.error(
                 "safety.max_deactivation_percent",
                 "must be between 0 and 100",
             ));
         }
         let quarantine = raw.failure_quarantine_after.unwrap_or(5);
         if quarantine == 0 {
-            return Err(self.error("safety.failure_quarantine_after", "must be at least 1"));
+            problems.push(self.error("safety.failure_quarantine_after", "must be at least 1"));
         }
         let protect = Protect::new(&raw.protect.unwrap_or_default())
-            .map_err(|message| self.error("safety.protect", message))?;
+            .map_err(|message| problems.push(self.error("safety.protect", message)))
+            .ok();
+        if let Some(error) = ConfigError::all(problems) {
+            return Err(error);
+        }
+        let Some(protect) = protect else {
+            return Err(self.error("safety.protect", "invalid"));
+        };
         Ok(SafetyConfig {
             max_deactivations: raw.max_deactivations.unwrap_or(25),
             max_deactivation_percent: percent,
@@ -781,29 +964,35 @@ impl Validator<'_> {
     }
 
     fn reconcile(&self, raw: raw::RawReconcile) -> Result<ReconcileConfig, ConfigError> {
+        let mut problems = Vec::new();
         let drift = match raw.drift.as_deref().unwrap_or("repair") {
             "repair" => DriftPolicy::Repair,
             "report" => DriftPolicy::Report,
             other => {
-                return Err(self.error(
+                problems.push(self.error(
                     "reconcile.drift",
                     format!("expected \"repair\" or \"report\", found {other:?}"),
                 ));
+                DriftPolicy::Repair
             }
         };
         let orphans = match raw.orphans.as_deref().unwrap_or("report") {
             "report" => OrphanPolicy::Report,
             "deactivate" => OrphanPolicy::Deactivate,
             other => {
-                return Err(self.error(
+                problems.push(self.error(
                     "reconcile.orphans",
                     format!("expected \"report\" or \"deactivate\", found {other:?}"),
                 ));
+                OrphanPolicy::Report
             }
         };
         let page_size = raw.page_size.unwrap_or(100);
         if page_size == 0 {
-            return Err(self.error("reconcile.page_size", "must be at least 1"));
+            problems.push(self.error("reconcile.page_size", "must be at least 1"));
+        }
+        if let Some(error) = ConfigError::all(problems) {
+            return Err(error);
         }
         Ok(ReconcileConfig {
             read_back: raw.read_back.unwrap_or(true),
@@ -817,28 +1006,36 @@ impl Validator<'_> {
         &self,
         raw: raw::RawObservability,
     ) -> Result<ObservabilityConfig, ConfigError> {
+        let mut problems = Vec::new();
         let listen = match raw.listen.as_deref().unwrap_or("127.0.0.1:9184") {
             "" => None,
-            text => Some(text.parse().map_err(|_| {
-                self.error(
-                    "observability.listen",
-                    format!(
-                        "{text:?} is not an address such as \"127.0.0.1:9184\" (\"\" turns it off)"
-                    ),
-                )
-            })?),
+            text => text
+                .parse()
+                .map_err(|_| {
+                    problems.push(self.error(
+                        "observability.listen",
+                        format!(
+                            "{text:?} is not an address such as \"127.0.0.1:9184\" (\"\" turns it off)"
+                        ),
+                    ));
+                })
+                .ok(),
         };
         let log_format = match raw.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                return Err(self.error(
+                problems.push(self.error(
                     "observability.log_format",
                     format!("expected \"text\" or \"json\", found {other:?}"),
                 ));
+                LogFormat::Text
             }
         };
-        Ok(ObservabilityConfig { listen, log_format })
+        match ConfigError::all(problems) {
+            Some(error) => Err(error),
+            None => Ok(ObservabilityConfig { listen, log_format }),
+        }
     }
 
     fn mapping(
@@ -847,50 +1044,66 @@ impl Validator<'_> {
         mapping: raw::RawMapping,
         writeback: Option<String>,
     ) -> Result<crate::mapping::Mapper, ConfigError> {
+        // Every rule of the wrong shape is reported; the mapping compiles once all have one.
+        let mut problems = Vec::new();
         let mut rules = Vec::new();
         for (name, value) in mapping {
             if name == "udf" {
                 let toml::Value::Table(table) = value.get_ref() else {
-                    return Err(self.spanned_error(
+                    problems.push(self.spanned_error(
                         "mapping.udf",
                         value.span().start,
                         "must be a table of user-defined fields ([mapping.udf])",
                     ));
+                    continue;
                 };
                 for (field, rule) in table {
                     let key = format!("mapping.udf.{field}");
-                    let spec = self.rule(&key, rule, value.span().start)?;
-                    rules.push((format!("udf_{field}"), key, spec));
+                    if let Some(spec) =
+                        keep(&mut problems, self.rule(&key, rule, value.span().start))
+                    {
+                        rules.push((format!("udf_{field}"), key, spec));
+                    }
                 }
             } else {
                 let key = format!("mapping.{}", raw::quote_key(&name));
-                let spec = self.rule(&key, value.get_ref(), value.span().start)?;
-                rules.push((name, key, spec));
+                if let Some(spec) = keep(
+                    &mut problems,
+                    self.rule(&key, value.get_ref(), value.span().start),
+                ) {
+                    rules.push((name, key, spec));
+                }
             }
         }
         if !rules
             .iter()
             .any(|(name, _, _)| name == crate::model::attr::USER_NAME)
+            && !problems
+                .iter()
+                .any(|problem| problem.key == "mapping.userName")
         {
-            return Err(self.error(
+            problems.push(self.error(
                 "mapping.userName",
                 "is required: every SocialTalent user needs a userName (for example \"{{ user.email | lower }}\")",
             ));
         }
+        // The rules of the right shape are compiled even when others are not, so that the first
+        // template that does not compile is reported in the same pass.
         let spec = MappingSpec {
             scope: scope.when,
             rules,
             writeback,
         };
-        crate::mapping::Mapper::compile(&spec).map_err(|error| {
+        let mapper = crate::mapping::Mapper::compile(&spec).map_err(|error| {
             let location = raw::locate_key(self.text, &error.key);
-            ConfigError {
-                file: self.file.to_owned(),
-                key: error.key,
-                location,
-                message: error.message,
-            }
-        })
+            ConfigError::one(self.file, error.key, location, error.message)
+        });
+        match (ConfigError::all(problems), mapper) {
+            (None, mapper) => mapper,
+            (Some(error), Ok(_)) => Err(error),
+            (Some(error), Err(compile)) => Err(ConfigError::all(vec![error, compile])
+                .unwrap_or_else(|| self.error("mapping", "invalid"))),
+        }
     }
 
     fn rule(&self, key: &str, value: &toml::Value, offset: usize) -> Result<RuleSpec, ConfigError> {
@@ -898,12 +1111,12 @@ impl Validator<'_> {
     }
 
     fn spanned_error(&self, key: &str, offset: usize, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            key: key.to_owned(),
-            location: Some(line_column(self.text, offset)),
-            message: message.into(),
-        }
+        ConfigError::one(
+            self.file,
+            key,
+            Some(line_column(self.text, offset)),
+            message,
+        )
     }
 
     fn url(&self, key: &str, text: &str) -> Result<url::Url, ConfigError> {
@@ -919,6 +1132,11 @@ impl Validator<'_> {
         SecretSetting::from_keys(key, inline.as_deref(), file.as_deref(), self.dir)
             .map_err(|message| self.error(key, message))
     }
+}
+
+/// The value of a section that validated, or `None` with its problems added to `problems`.
+fn keep<T>(problems: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Option<T> {
+    result.map_err(|error| problems.push(error)).ok()
 }
 
 fn non_empty(validator: &Validator<'_>, key: &str, value: String) -> Result<String, ConfigError> {
@@ -955,32 +1173,46 @@ fn is_loopback(url: &url::Url) -> bool {
 }
 
 /// Parses a cron expression: standard 5 fields (minute precision) or 6/7 fields with seconds.
+/// When both the day-of-month and the day-of-week fields are restricted, either matching is
+/// enough (standard cron; see [`crate::schedule`]).
 ///
 /// # Errors
 /// A message naming the expression and the parser's complaint.
-pub fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
+pub fn parse_cron(expression: &str) -> Result<crate::schedule::Cron, String> {
     let parts: Vec<&str> = expression.split_whitespace().collect();
     let fields = parts.len();
-    let normalised = match fields {
+    // Whether a day field is restricted is read as written (`*/2` is not, as in Vixie cron),
+    // before the weekdays are rewritten as names.
+    let restricted = |field: &str| !(field.starts_with('*') || field.starts_with('?'));
+    let (normalised, month_day, weekday) = match fields {
         // Standard cron counts weekdays 0-7 from Sunday; the cron crate counts 1-7 from Sunday.
-        5 => format!(
-            "0 {} {} {} {} {}",
-            parts[0],
-            parts[1],
+        5 => (
+            format!(
+                "0 {} {} {} {} {}",
+                parts[0],
+                parts[1],
+                parts[2],
+                parts[3],
+                standard_weekdays(parts[4]).map_err(|message| {
+                    format!("{expression:?}: the weekday field {message}")
+                })?
+            ),
             parts[2],
-            parts[3],
-            standard_weekdays(parts[4])
-                .map_err(|message| { format!("{expression:?}: the weekday field {message}") })?
+            parts[4],
         ),
-        6 | 7 => expression.to_owned(),
+        6 | 7 => (expression.to_owned(), parts[3], parts[5]),
         _ => {
             return Err(format!(
                 "{expression:?} has {fields} fields; expected 5 (minute hour day month weekday) or 6 with seconds first"
             ));
         }
     };
-    normalised
-        .parse::<cron::Schedule>()
+    let days = if restricted(month_day) && restricted(weekday) {
+        crate::schedule::DayMatch::Either
+    } else {
+        crate::schedule::DayMatch::Both
+    };
+    crate::schedule::Cron::parse(&normalised, days)
         .map_err(|error| format!("{expression:?} is not a valid cron expression: {error}"))
 }
 
@@ -1050,3 +1282,6 @@ mod tests;
 
 #[cfg(test)]
 mod fuzz_tests;
+
+#[cfg(test)]
+mod docs_tests;

@@ -1,9 +1,14 @@
 //! The configuration as written: serde structures with unknown keys rejected, plus the helpers
 //! that find a key's line and column in the text for error messages.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
+use serde::de::value::{Error, MapDeserializer, SeqDeserializer, StrDeserializer};
+use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
+use serde::forward_to_deserialize_any;
 use toml::Spanned;
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +159,211 @@ pub(super) struct RawObservability {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawScope {
     pub when: Option<String>,
+}
+
+/// Every key path the parser accepts, such as `source.okta.org_url`; a free-form table (a map)
+/// is recorded as `path.*`. Traced once from [`RawConfig`]'s serde derive (the field names it
+/// hands to `deserialize_struct`), so it cannot drift from the structs. Empty if the tracer
+/// meets a type it does not know (a test keeps that from happening).
+pub(super) fn accepted_keys() -> &'static BTreeSet<String> {
+    static KEYS: OnceLock<BTreeSet<String>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let keys = RefCell::new(BTreeSet::new());
+        let tracer = Tracer {
+            path: String::new(),
+            keys: &keys,
+        };
+        match <RawConfig as Deserialize>::deserialize(tracer) {
+            Ok(_) => keys.into_inner(),
+            Err(_) => BTreeSet::new(),
+        }
+    })
+}
+
+/// A [`serde::Deserializer`] that hands every struct all of its fields, with empty values, and
+/// records the key paths it was asked for.
+struct Tracer<'a> {
+    path: String,
+    keys: &'a RefCell<BTreeSet<String>>,
+}
+
+impl Tracer<'_> {
+    fn child(&self, field: &str) -> String {
+        if self.path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{}.{field}", self.path)
+        }
+    }
+}
+
+impl<'de> de::Deserializer<'de> for Tracer<'_> {
+    type Error = Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
+        Err(de::Error::custom(format!(
+            "{}: a type the tracer does not know; teach docs_tests.rs about it",
+            self.path
+        )))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        // A struct is a table, not a key: its fields are the keys.
+        self.keys.borrow_mut().remove(&self.path);
+        for field in fields {
+            self.keys.borrow_mut().insert(self.child(field));
+        }
+        visitor.visit_map(Fields {
+            tracer: &self,
+            fields,
+            next: 0,
+        })
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.keys.borrow_mut().remove(&self.path);
+        self.keys.borrow_mut().insert(self.child("*"));
+        visitor.visit_map(MapDeserializer::new(std::iter::empty::<(&str, &str)>()))
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_seq(SeqDeserializer::new(std::iter::empty::<&str>()))
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_str("")
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_str("")
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_bool(false)
+    }
+
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_u64(1)
+    }
+
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_u64(1)
+    }
+
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_u64(1)
+    }
+
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_u64(1)
+    }
+
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_i64(1)
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_f64(1.0)
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_f64(1.0)
+    }
+
+    forward_to_deserialize_any! {
+        i8 i16 i32 i128 u128 char bytes byte_buf unit unit_struct newtype_struct tuple
+        tuple_struct enum identifier ignored_any
+    }
+}
+
+/// Hands a struct's visitor every one of its fields, each with a tracer for its value.
+struct Fields<'t, 'k> {
+    tracer: &'t Tracer<'k>,
+    fields: &'static [&'static str],
+    next: usize,
+}
+
+impl<'de> MapAccess<'de> for Fields<'_, '_> {
+    type Error = Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
+        let Some(field) = self.fields.get(self.next) else {
+            return Ok(None);
+        };
+        let key: StrDeserializer<'_, Error> = field.into_deserializer();
+        seed.deserialize(key).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
+        let field = self.fields[self.next];
+        self.next += 1;
+        seed.deserialize(Tracer {
+            path: self.tracer.child(field),
+            keys: self.tracer.keys,
+        })
+    }
+}
+
+/// The unknown keys of a configuration, every one of them (serde stops at the first): the key
+/// paths in `table` that [`accepted_keys`] does not know, with the keys their table accepts.
+pub(super) fn unknown_keys(table: &toml::Table) -> Vec<(String, Vec<String>)> {
+    let accepted = accepted_keys();
+    if accepted.is_empty() {
+        return Vec::new();
+    }
+    let mut unknown = Vec::new();
+    walk(accepted, table, &[], &mut unknown);
+    unknown
+}
+
+fn walk(
+    accepted: &BTreeSet<String>,
+    table: &toml::Table,
+    path: &[String],
+    unknown: &mut Vec<(String, Vec<String>)>,
+) {
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{}.", path.join("."))
+    };
+    if accepted.contains(&format!("{prefix}*")) {
+        return;
+    }
+    // The keys this table accepts: the next segment of every accepted path under it.
+    let children: BTreeSet<&str> = accepted
+        .iter()
+        .filter_map(|key| key.strip_prefix(prefix.as_str()))
+        .filter_map(|rest| rest.split('.').next())
+        .collect();
+    for (key, value) in table {
+        let mut child = path.to_vec();
+        child.push(key.clone());
+        if !children.contains(key.as_str()) {
+            unknown.push((
+                child
+                    .iter()
+                    .map(|segment| quote_key(segment))
+                    .collect::<Vec<_>>()
+                    .join("."),
+                children.iter().map(|name| (*name).to_owned()).collect(),
+            ));
+        } else if let toml::Value::Table(inner) = value {
+            walk(accepted, inner, &child, unknown);
+        }
+    }
 }
 
 /// Quotes a TOML key segment when it needs quotes (`name.givenName` → `"name.givenName"`).

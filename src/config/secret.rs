@@ -167,6 +167,8 @@ impl SecretSetting {
                 key: self.key.clone(),
             });
         }
+        // From now on no text leaving the process may hold it, in any encoding.
+        crate::net::redact::register_secret(&value);
         Ok(Secret(value))
     }
 }
@@ -181,7 +183,10 @@ fn parse_inline(text: &str) -> SecretRef {
     }
 }
 
-fn locate_secret_file(path: &str, config_dir: &Path) -> PathBuf {
+/// Where a relative `*_file` path points: `$CREDENTIALS_DIRECTORY` first (systemd
+/// `LoadCredential=`), when the file is there, else next to the configuration file. Every
+/// `*_file` key goes through here, certificates included.
+pub fn locate_secret_file(path: &str, config_dir: &Path) -> PathBuf {
     let path = Path::new(path);
     if path.is_absolute() {
         return path.to_owned();

@@ -794,6 +794,16 @@ fn errors_do_not_repeat_secret_values() {
 // ─── The bundled files ──────────────────────────────────────────────────────────────────────
 
 #[test]
+fn the_packaged_configuration_names_the_services_state_directory() {
+    // A command run by hand with the installed file must use the daemon's state, never start a
+    // fresh ./socialtalent-sync-state.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = Config::load(&root.join("config.example.toml")).expect("it loads");
+    assert_eq!(config.state.path, Path::new("/var/lib/socialtalent-sync"));
+    assert!(config.state.named);
+}
+
+#[test]
 fn every_bundled_configuration_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![root.join("config.example.toml")];
@@ -916,4 +926,92 @@ fn standard_cron_weekdays_keep_their_meaning() {
             .expect_err("no day 8")
             .contains("weekday field")
     );
+}
+
+// ─── One pass: every problem at once ────────────────────────────────────────────────────────
+
+#[test]
+fn every_unknown_key_is_reported_at_once() {
+    let text = format!("colour = \"blue\"\n{BASE}\n[reconcile]\nreadback = true\n[sheduel]\n");
+    let error = invalid(&text);
+    let problems: Vec<(String, Option<(usize, usize)>)> = error
+        .into_problems()
+        .into_iter()
+        .map(|problem| {
+            assert!(
+                problem.message.starts_with("unknown field"),
+                "{}",
+                problem.message
+            );
+            (problem.key, problem.location)
+        })
+        .collect();
+    let line = |needle: &str| {
+        text.lines()
+            .position(|line| line.contains(needle))
+            .expect("in the text")
+            + 1
+    };
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert_eq!(problems[0], ("colour".to_owned(), Some((1, 1))));
+    assert!(
+        problems.contains(&("reconcile.readback".to_owned(), Some((line("readback"), 1)))),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|(key, location)| key == "sheduel"
+            && location.map(|(l, _)| l) == Some(line("[sheduel]"))),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn every_bad_value_is_reported_at_once_with_its_place() {
+    let text = format!(
+        "{}\n[schedule]\ntimezone = \"Mars/Olympus\"\n[reconcile]\ndrift = \"ignore\"\npage_size = 0\n",
+        base_with(
+            "role = \"user\"",
+            "role = { rules = \"admin\" }\ntitle = 5\n\"name.givenName\" = \"{{ user.given_name \""
+        )
+        .replace(
+            "[target]\n",
+            "[target]\nburst = 0\nupdate_with = \"post\"\n"
+        )
+    );
+    let error = invalid(&text);
+    assert_eq!(error.count(), 8, "{error}");
+    let shown = error.to_string();
+    assert!(shown.ends_with("8 problems in cfg.toml"), "{shown}");
+    let problems = error.into_problems();
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|problem| problem.key.as_str())
+        .collect();
+    for key in [
+        "target.burst",
+        "target.update_with",
+        "schedule.timezone",
+        "reconcile.drift",
+        "reconcile.page_size",
+        "mapping.role",
+        "mapping.title",
+        "mapping.\"name.givenName\"",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    for problem in &problems {
+        let (line, _) = problem.location.expect("every problem has a line");
+        let written = text.lines().nth(line - 1).expect("the line");
+        let leaf = problem
+            .key
+            .trim_end_matches('"')
+            .rsplit(['.', '"'])
+            .next()
+            .expect("a leaf");
+        assert!(
+            written.contains(leaf),
+            "{} points at line {line}: {written:?}",
+            problem.key
+        );
+    }
 }

@@ -247,7 +247,8 @@ impl Limiter {
                     Err(not_until) => {
                         let now = self.inner.clock.now();
                         waited_since.get_or_insert(now);
-                        tokio::time::sleep(not_until.wait_time_from(now)).await;
+                        // A deliberate rate-limit wait: progress for the watchdog.
+                        crate::progress::sleep(not_until.wait_time_from(now)).await;
                     }
                 }
             }

@@ -1,7 +1,9 @@
 //! What every HTTP edge shares: one request [`limiter::Limiter`] per remote system and the
-//! retry policy ([`retry`]) with `Retry-After` and jittered exponential backoff.
+//! retry policy ([`retry`]) with `Retry-After` and jittered exponential backoff, and the one
+//! redaction step ([`redact`]) that every answer, log line and stored message passes.
 
 pub mod limiter;
+pub mod redact;
 pub mod retry;
 pub mod text;
 

@@ -18,6 +18,26 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 /// The longest delay that a `Retry-After` header can ask for; longer values are cut to it.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_hours(1);
 
+/// The longest one rate-limit wait may last, on every edge: a server that asks for more (a
+/// `Retry-After`, an Okta reset) fails the run, with the time it named, and the next tick tries
+/// again, rather than holding the run — and the daemon's progress — for longer.
+pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// When a server asks for a wait longer than [`MAX_RATE_LIMIT_WAIT`]: why the run stops, with
+/// the time the server named (for the error's message).
+#[must_use]
+pub fn wait_too_long(wait: Duration, now: SystemTime) -> Option<String> {
+    if wait <= MAX_RATE_LIMIT_WAIT {
+        return None;
+    }
+    let until = chrono::DateTime::<chrono::Utc>::from(now + wait);
+    Some(format!(
+        "it asks to wait {} s, until {} — longer than the 15 minutes one rate-limit wait may last, so the run stops here and is tried again at the next scheduled run",
+        wait.as_secs(),
+        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ))
+}
+
 /// How the client should treat the outcome of one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -219,7 +239,8 @@ impl<E> Attempt<E> {
 /// Before each retry it calls `on_retry(retry_no, delay, &error)`, where
 /// `retry_no` counts retries from 1 and `error` is the failure being retried,
 /// so that the caller can log or count it. It then sleeps for `delay` with
-/// `tokio::time::sleep`.
+/// [`crate::progress::sleep`] (a deliberate wait, which feeds the progress heartbeat). Every
+/// attempt's end, answered or failed, beats the heartbeat too.
 ///
 /// Anything that should happen once per attempt, such as taking a
 /// [`Limiter`](super::limiter::Limiter) permit, belongs inside `attempt`, so
@@ -240,7 +261,10 @@ where
 {
     let mut retries = 0u32;
     loop {
-        match attempt().await {
+        let outcome = attempt().await;
+        // An answer, or a failure by the request's timeout, is progress (the watchdog's rule).
+        crate::progress::beat();
+        match outcome {
             Ok(value) => return Ok(value),
             Err(Attempt::Fatal(error)) => return Err(error),
             Err(Attempt::Retry { error, after }) => {
@@ -250,7 +274,7 @@ where
                 retries += 1;
                 let delay = backoff.delay(retries, after);
                 on_retry(retries, delay, &error);
-                tokio::time::sleep(delay).await;
+                crate::progress::sleep(delay).await;
             }
         }
     }
@@ -651,5 +675,14 @@ mod tests {
                 Duration::from_secs(2)
             ]
         );
+    }
+
+    #[test]
+    fn a_wait_longer_than_fifteen_minutes_names_its_end() {
+        let now = fixed_now();
+        assert_eq!(wait_too_long(MAX_RATE_LIMIT_WAIT, now), None);
+        let why = wait_too_long(Duration::from_secs(3600), now).expect("too long");
+        assert!(why.contains("3600 s"), "{why}");
+        assert!(why.contains("2025-06-15T16:06:40Z"), "{why}");
     }
 }

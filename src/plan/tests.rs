@@ -96,6 +96,7 @@ fn full_read(mapped: &[MappedUser]) -> SourceRead {
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings: Vec::new(),
+        reasons: Default::default(),
         commit: Default::default(),
     }
 }

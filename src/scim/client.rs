@@ -117,7 +117,6 @@ pub struct ScimClient {
     base_url: String,
     /// `{base_url}/Users`, parsed once: creates and list pages do not parse it again.
     users_url: Url,
-    token: Arc<Secret>,
     /// `Bearer {token}`, built once and marked sensitive.
     authorization: HeaderValue,
     limiter: Limiter,
@@ -136,6 +135,7 @@ impl ScimClient {
         token: Secret,
         limiter: Limiter,
     ) -> Result<ScimClient, ScimError> {
+        crate::net::redact::register_secret(token.expose());
         let http = crate::net::http_client_builder(target.timeout)
             .pool_max_idle_per_host(target.max_in_flight)
             .build()
@@ -154,16 +154,15 @@ impl ScimClient {
             base_url,
             users_url,
             authorization: authorization(&token),
-            token: Arc::new(token),
             limiter,
-            // A server asking for more than five minutes is treated as down for this run
-            // rather than holding every write for an hour.
+            // A server asking for more than 15 minutes fails the run (see `attempt`) rather
+            // than holding every write for an hour.
             backoff: Backoff::new(
                 Duration::from_millis(500),
                 Duration::from_secs(60),
                 target.max_retries,
             )
-            .with_max_hint(Duration::from_secs(300)),
+            .with_max_hint(retry::MAX_RATE_LIMIT_WAIT),
             extension_schema: target.extension_schema.clone(),
             stats: Arc::new(ClientStats::default()),
         })
@@ -552,17 +551,14 @@ impl ScimClient {
             .get(reqwest::header::ETAG)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(transport)?;
+        // An error answer comes back scrubbed: it may quote the request, token included.
+        let bytes = crate::net::redact::read_body(response)
+            .await
+            .map_err(transport)?;
         if status.is_success() {
             return Ok(Answer { body: bytes, etag });
         }
-        let mut detail = wire::error_detail(&bytes).unwrap_or_else(|| body_excerpt(&bytes, status));
-        // A server may quote the credential back ("the token … is not valid"); the detail ends up
-        // in logs, reports and the state, so the token never passes through it.
-        let token = self.token.expose();
-        if !token.is_empty() && detail.contains(token) {
-            detail = detail.replace(token, "***");
-        }
+        let detail = wire::error_detail(&bytes).unwrap_or_else(|| body_excerpt(&bytes, status));
         let error = match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ScimError::Unauthorized {
                 status: status.as_u16(),
@@ -571,11 +567,23 @@ impl ScimClient {
             StatusCode::NOT_FOUND => ScimError::NotFound { detail },
             StatusCode::CONFLICT => ScimError::Conflict { detail },
             StatusCode::PRECONDITION_FAILED => ScimError::PreconditionFailed { detail },
-            _ if matches!(verdict, Verdict::RetryAfter(_)) => ScimError::Unavailable {
-                status: status.as_u16(),
-                attempts: attempt,
-                detail,
-            },
+            _ if matches!(verdict, Verdict::RetryAfter(_)) => {
+                // A wait longer than one may last fails the run at once, naming its end.
+                if let Verdict::RetryAfter(Some(wait)) = verdict
+                    && let Some(why) = retry::wait_too_long(wait, SystemTime::now())
+                {
+                    return Err(Attempt::Fatal(ScimError::Unavailable {
+                        status: status.as_u16(),
+                        attempts: attempt,
+                        detail: format!("{detail}; {why}"),
+                    }));
+                }
+                ScimError::Unavailable {
+                    status: status.as_u16(),
+                    attempts: attempt,
+                    detail,
+                }
+            }
             _ if status.is_server_error() => ScimError::Unavailable {
                 status: status.as_u16(),
                 attempts: attempt,

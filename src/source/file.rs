@@ -294,6 +294,7 @@ fn normalise(name: &str, numbering: Numbering, converted: Vec<(usize, Converted)
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings: Vec::new(),
+        reasons: Default::default(),
         commit: Default::default(),
     };
     let mut users: Vec<Arc<SourceUser>> = Vec::with_capacity(converted.len());

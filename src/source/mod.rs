@@ -76,7 +76,7 @@ pub fn reads_full(config: &SourceConfig, state: Option<&State>, full: bool) -> b
     };
     match config {
         SourceConfig::File(_) => true,
-        SourceConfig::Okta(_) => full || !has(okta::WATERMARK_KEY),
+        SourceConfig::Okta(_) => full || !has(okta::WATERMARK_KEY) || !has(okta::GROUP_NAMES_KEY),
         SourceConfig::Entra(_) => {
             full || !has(entra::USERS_LINK_KEY) || !has(entra::GROUPS_LINK_KEY)
         }
@@ -171,6 +171,21 @@ impl Writer {
                 onelogin::write_attribute(client, idp_id, attribute, value).await
             }
         }
+    }
+}
+
+/// Builds the source's credentials as a run would, without contacting anything: resolves the
+/// secrets and parses the private key and the certificate (for `check-config`).
+///
+/// # Errors
+/// [`SourceError::Secret`] when a secret is missing; [`SourceError::Unreadable`] naming the
+/// configuration key whose key or certificate cannot be used.
+pub fn check_credentials(config: &SourceConfig) -> Result<(), SourceError> {
+    match config {
+        SourceConfig::Okta(okta) => okta::client(okta).map(drop),
+        SourceConfig::Entra(entra) => entra::client(entra).map(drop),
+        SourceConfig::OneLogin(onelogin) => onelogin::client(onelogin).map(drop),
+        SourceConfig::File(_) => Ok(()),
     }
 }
 

@@ -312,3 +312,138 @@ fn a_success_clears_a_failure_count_found_on_disk() {
         "others keep theirs"
     );
 }
+
+fn failed_run(error: &str) -> RunRecord {
+    RunRecord {
+        started_at: "2026-12-01T10:00:00Z".into(),
+        finished_at: "2026-12-01T10:00:01Z".into(),
+        full: true,
+        source: "okta".into(),
+        users_read: 0,
+        summary: Summary::default(),
+        outcome: "failed".into(),
+        error: Some(error.into()),
+        held: Vec::new(),
+    }
+}
+
+const QUOTED: &str = "Okta rejected /api/v1/users (400: no Okta error in the body, which starts \
+                      \"GET /api/v1/users HTTP/1.1 Authorization: SSWS 00stateTok3nQuotedBack9\")";
+
+#[test]
+fn a_run_record_is_stored_without_credentials() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("opens");
+    state.record_run(&failed_run(QUOTED)).expect("writes");
+    state
+        .record_failure(&IdpId("00u1".into()), "ana@example.com", QUOTED)
+        .expect("writes");
+    let runs = state.recent_runs(1).expect("reads");
+    let error = runs[0].error.as_deref().expect("the error is kept");
+    assert!(!error.contains("00stateTok3nQuotedBack9"), "{error}");
+    assert!(
+        error.starts_with("Okta rejected /api/v1/users (400"),
+        "{error}"
+    );
+    let snapshot = state.snapshot().expect("reads");
+    let failure = snapshot.failures.values().next().expect("one failure");
+    assert!(!failure.last_error.contains("00stateTok3nQuotedBack9"));
+}
+
+#[test]
+fn records_stored_before_the_redaction_fix_are_scrubbed_on_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let state = State::open(dir.path()).expect("opens");
+        // What an older version stored: the record as it was, and no redaction level.
+        let value = serde_json::to_vec(&failed_run(QUOTED)).expect("serialises");
+        state
+            .runs
+            .insert(7_u64.to_be_bytes(), value)
+            .expect("writes");
+        let failure = FailureRecord {
+            consecutive: 1,
+            last_error: QUOTED.into(),
+            label: "ana@example.com".into(),
+            last_failed_at: now_rfc3339(),
+        };
+        state
+            .failures
+            .insert(b"00u1", serde_json::to_vec(&failure).expect("serialises"))
+            .expect("writes");
+        state.meta.remove("redaction").expect("removes");
+        state.flush().expect("flushes");
+    }
+    let state = reopen(dir.path()).expect("reopens");
+    let stored = |tree: &sled::Tree| -> Vec<String> {
+        tree.iter()
+            .map(|item| String::from_utf8_lossy(&item.expect("reads").1).into_owned())
+            .collect()
+    };
+    for text in stored(&state.runs)
+        .iter()
+        .chain(stored(&state.failures).iter())
+    {
+        assert!(!text.contains("00stateTok3nQuotedBack9"), "{text}");
+        assert!(text.contains("Authorization: ***"), "{text}");
+    }
+    assert_eq!(
+        state.meta_u32("redaction").expect("reads"),
+        Some(REDACTION_LEVEL)
+    );
+}
+
+#[test]
+fn the_state_is_private_and_an_open_directory_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().expect("temp dir");
+    let path = parent.path().join("state");
+    let state = State::open(&path).expect("opens");
+    state.flush().expect("flushes");
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&path), 0o700);
+    let mut files = 0;
+    let mut stack = vec![path.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("lists") {
+            let entry = entry.expect("lists");
+            if entry.file_type().expect("typed").is_dir() {
+                assert_eq!(mode(&entry.path()), 0o700, "{}", entry.path().display());
+                stack.push(entry.path());
+            } else {
+                files += 1;
+                assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+            }
+        }
+    }
+    assert!(files >= 2, "sled's files and the owner file");
+    assert_eq!(open_to_others(&path), None);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert_eq!(open_to_others(&path), Some(0o755));
+}
+
+#[test]
+fn run_records_are_scrubbed_on_the_way_out_of_secrets_learnt_later() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("opens");
+    // Stored before the process knew the secret (an older version's record, say).
+    let record = failed_run("the token L8terKnownSecretValue42 is not valid");
+    let value = serde_json::to_vec(&record).expect("serialises");
+    state
+        .runs
+        .insert(9_u64.to_be_bytes(), value)
+        .expect("writes");
+    crate::net::redact::register_secret("L8terKnownSecretValue42");
+    let runs = state.recent_runs(1).expect("reads");
+    assert_eq!(
+        runs[0].error.as_deref(),
+        Some("the token *** is not valid"),
+        "{runs:?}"
+    );
+}

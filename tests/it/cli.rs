@@ -515,6 +515,91 @@ fn sync_without_dry_run_needs_the_token() {
 }
 
 #[test]
+fn a_hand_run_sync_does_not_start_an_empty_state_where_the_configuration_names_none() {
+    // The example names no `[state] path` and `$STATE_DIRECTORY` is unset: the fallback
+    // ./socialtalent-sync-state does not exist, so a sync would start an empty state and take
+    // every SocialTalent account for new. It refuses, before contacting anything.
+    let sandbox = Sandbox::new();
+    let tripwire = Tripwire::new();
+    let config = sandbox.example_with(
+        "tripwire.toml",
+        "http://127.0.0.1:18080/v2",
+        &tripwire.base_url(),
+    );
+    for args in [
+        &["sync", "--output", "json"][..],
+        &["sync", "--allow-deactivations", "--output", "json"][..],
+        &["run"][..],
+        &["preview", "E1001", "--apply"][..],
+    ] {
+        let run = run(sandbox
+            .command()
+            .env("SOCIALTALENT_SCIM_TOKEN", SECRET)
+            .arg("--config")
+            .arg(&config)
+            .args(args));
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains("--new-state"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(DEFAULT_STATE_DIR) && run.stderr.contains("[state] path"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+        sandbox.assert_no_state();
+        tripwire.assert_untouched();
+    }
+    // Approving never starts a state: without one, nothing is held.
+    let approve = run(sandbox
+        .command()
+        .env("SOCIALTALENT_SCIM_TOKEN", SECRET)
+        .arg("--config")
+        .arg(&config)
+        .args(["approve", "--output", "json"]));
+    approve.expect_code(2);
+    assert!(
+        approve.stderr.contains("nothing is held"),
+        "{}",
+        approve.stderr
+    );
+    sandbox.assert_no_state();
+    // A dry run creates nothing and needs no flag (the README's first command).
+    let dry = sandbox.run(&[
+        "--config",
+        "examples/config.toml",
+        "sync",
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
+    dry.expect_code(0);
+    sandbox.assert_no_state();
+    // With the flag, the state is started where asked (the run then fails at once on a target
+    // that refuses connections).
+    let refused = sandbox.example_with(
+        "refused.toml",
+        "base_url = \"http://127.0.0.1:18080/v2\"",
+        "base_url = \"http://127.0.0.1:9/v2\"\nmax_retries = 0",
+    );
+    let started = run(sandbox
+        .command()
+        .env("SOCIALTALENT_SCIM_TOKEN", SECRET)
+        .arg("--config")
+        .arg(&refused)
+        .args(["sync", "--new-state", "--output", "json"]));
+    assert!(
+        !started.stderr.contains("--new-state"),
+        "{}",
+        started.stderr
+    );
+    assert!(sandbox.path().join(DEFAULT_STATE_DIR).join("db").exists());
+}
+
+#[test]
 fn config_path_from_the_environment() {
     let sandbox = Sandbox::new();
     let config = sandbox.path().join("examples/config.toml");

@@ -342,7 +342,9 @@ async fn too_many_leavers_are_held_until_released() {
     let status = ws.run(&["status"]);
     assert_eq!(status.code, 0, "{}", status.stderr);
     assert!(
-        status.stdout.contains("Held deactivations (last run):"),
+        status
+            .stdout
+            .contains("Held deactivations (pending until released"),
         "{}",
         status.stdout
     );

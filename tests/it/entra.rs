@@ -319,3 +319,112 @@ async fn preview_check_config_and_write_back_work_against_graph() {
         failed[0]
     );
 }
+
+/// Group changes of every kind reach the users they affect in the same incremental run: a
+/// rename (of a learning-path group, and of a group into the filter), a deletion, and a manager
+/// change whose `manager@delta` lists the old manager's removal after the new manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_and_deleted_groups_and_manager_changes_reach_their_users() {
+    let graph = tenant().await;
+    graph.add_group("g4", "Security Awareness");
+    graph.add_member("g4", "u3");
+    graph.add_member("g2", "u4");
+    let ws = workspace(&graph);
+    ws.sync(&[], 0);
+    let learning_paths = |user: Value| user[EXT_URN]["learningPaths"].clone();
+
+    // "LP Onboarding" → "LP Welcome": its members' learning path follows, without a request
+    // per user and without any member changing.
+    graph.rename_group("g2", "LP Welcome");
+    graph.clear_requests();
+    let renamed = ws.sync(&[], 0);
+    assert_eq!(
+        writes(&renamed),
+        pairs(&[("update", "u2"), ("update", "u4")]),
+        "{renamed:#}"
+    );
+    let zoe = renamed["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .find(|action| action["idp_id"] == "u2")
+        .expect("Zoë's update")
+        .clone();
+    assert_eq!(zoe["reason"], "group renamed: LP Onboarding → LP Welcome");
+    let per_user: Vec<String> = graph
+        .requests()
+        .iter()
+        .map(|request| request.path.clone())
+        .filter(|path| path.starts_with("/v1.0/users/") && !path.starts_with("/v1.0/users/delta"))
+        .collect();
+    assert_eq!(per_user, Vec::<String>::new(), "no request per user");
+    let zoe = ws
+        .peer
+        .user_by_name("zoe.odegard@contoso.example")
+        .await
+        .expect("exists");
+    assert_eq!(learning_paths(zoe), json!(["Welcome"]));
+
+    // A group renamed into the filter ("Security Awareness" → "LP Security"): its members are
+    // read once and get the learning path.
+    graph.rename_group("g4", "LP Security");
+    let into_filter = ws.sync(&[], 0);
+    assert_eq!(
+        writes(&into_filter),
+        pairs(&[("update", "u3")]),
+        "{into_filter:#}"
+    );
+    let bo = ws
+        .peer
+        .user_by_name("bo.berg@contoso.example")
+        .await
+        .expect("exists");
+    assert_eq!(learning_paths(bo), json!(["Security"]));
+
+    // The group is deleted (`@removed`, no member list): its members lose the learning path.
+    graph.delete_group("g2");
+    let deleted = ws.sync(&[], 0);
+    assert_eq!(
+        writes(&deleted),
+        pairs(&[("update", "u2"), ("update", "u4")]),
+        "{deleted:#}"
+    );
+    let zoe = ws
+        .peer
+        .user_by_name("zoe.odegard@contoso.example")
+        .await
+        .expect("exists");
+    assert!(zoe[EXT_URN].get("learningPaths").is_none(), "{zoe:#}");
+
+    // A new manager listed before the old one's `@removed` entry: the new manager stands.
+    graph.list_old_manager_last();
+    graph.set_manager("u2", Some("u3"));
+    let moved = ws.sync(&[], 0);
+    assert_eq!(writes(&moved), pairs(&[("update", "u2")]), "{moved:#}");
+    let zoe = ws
+        .peer
+        .user_by_name("zoe.odegard@contoso.example")
+        .await
+        .expect("exists");
+    assert_eq!(zoe[EXT_URN]["reportsTo"], "bo.berg@contoso.example");
+    assert_eq!(
+        writes(&ws.sync(&[], 0)),
+        vec![],
+        "a sync right after a sync plans nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_longer_than_fifteen_minutes_fails_the_run_naming_its_end() {
+    let graph = tenant().await;
+    let ws = workspace(&graph);
+    graph.throttle_next("/v1.0/users/delta", 1, "3600");
+    let run = ws.run(&["sync", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("3600 s, until") && run.stderr.contains("15 minutes"),
+        "{}",
+        run.stderr
+    );
+    assert!(ws.peer.users().await.is_empty(), "nothing was written");
+}

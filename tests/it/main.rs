@@ -4,12 +4,15 @@
 mod cli;
 mod crash;
 mod daemon;
+mod docs;
 mod e2e;
 mod entra;
 mod fake_graph_selftest;
 mod fake_okta_selftest;
 mod fake_onelogin_selftest;
 mod faults;
+mod group_changes;
+mod kit;
 mod okta;
 mod onelogin;
 mod readback;

@@ -267,6 +267,26 @@ async fn rate_limits_and_server_errors_are_waited_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_reset_further_than_fifteen_minutes_fails_the_run_naming_it() {
+    let okta = org().await;
+    let ws = workspace(&okta);
+    okta.rate_limit_next("/api/v1/users", 1, 3600);
+    let started = std::time::Instant::now();
+    let run = ws.run(&["sync", "--output", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("3600 s, until") && run.stderr.contains("15 minutes"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the run did not wait"
+    );
+    assert!(ws.peer.users().await.is_empty(), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_app_with_dpop_reads_the_org() {
     let okta = org().await;
     let key = TestKey::ec_p256();
@@ -340,4 +360,96 @@ async fn preview_and_check_config_work_against_okta() {
         !check.stderr.contains("not-the-token"),
         "never prints the token"
     );
+}
+
+/// Group changes of every kind reach their members in the same incremental run: a rename (no
+/// request per user), a group renamed into the filter, a deletion, and membership events that
+/// Okta returns out of order by `published` (the latest wins, each event applies once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_deleted_and_out_of_order_group_events_reach_their_members() {
+    let okta = org().await;
+    okta.add_group("00g4", "Security Awareness");
+    okta.add_member("00g4", "00u3");
+    okta.add_member("00g2", "00u4");
+    let ws = workspace(&okta);
+    ws.sync(&[], 0);
+    let learning_paths = |user: Value| user[EXT_URN]["learningPaths"].clone();
+    let account = |name: &'static str| {
+        let peer = ws.peer.clone();
+        async move { peer.user_by_name(name).await.expect("exists") }
+    };
+
+    okta.advance_clock(60);
+    okta.rename_group("00g2", "LP Welcome");
+    okta.advance_clock(60);
+    let renamed = ws.sync(&[], 0);
+    assert_eq!(
+        writes(&renamed),
+        vec![
+            ("update".to_owned(), "00u2".to_owned()),
+            ("update".to_owned(), "00u4".to_owned())
+        ],
+        "{renamed:#}"
+    );
+    assert_eq!(
+        by_idp(&renamed, "00u2")["reason"],
+        "group renamed: LP Onboarding → LP Welcome"
+    );
+    assert_eq!(
+        learning_paths(account("zoe.odegard@northwind.example").await),
+        json!(["Welcome"])
+    );
+
+    okta.advance_clock(60);
+    okta.rename_group("00g4", "LP Security");
+    okta.advance_clock(60);
+    let into_filter = ws.sync(&[], 0);
+    assert_eq!(
+        writes(&into_filter),
+        vec![("update".to_owned(), "00u3".to_owned())],
+        "{into_filter:#}"
+    );
+    assert_eq!(
+        learning_paths(account("bo.berg@northwind.example").await),
+        json!(["Security"])
+    );
+
+    okta.advance_clock(60);
+    okta.delete_group("00g2");
+    okta.advance_clock(60);
+    let deleted = ws.sync(&[], 0);
+    assert_eq!(
+        writes(&deleted),
+        vec![
+            ("update".to_owned(), "00u2".to_owned()),
+            ("update".to_owned(), "00u4".to_owned())
+        ],
+        "{deleted:#}"
+    );
+    assert!(
+        account("zoe.odegard@northwind.example").await[EXT_URN]
+            .get("learningPaths")
+            .is_none()
+    );
+
+    // Cy joins and then leaves "LP Security"; Okta returns the removal before the addition.
+    okta.advance_clock(60);
+    okta.add_member("00g4", "00u4");
+    okta.advance_clock(5);
+    okta.remove_member("00g4", "00u4");
+    okta.persist_last_two_events_swapped();
+    okta.advance_clock(60);
+    let out_of_order = ws.sync(&[], 0);
+    assert!(
+        writes(&out_of_order).is_empty(),
+        "the latest event (the removal) wins: {out_of_order:#}"
+    );
+    assert!(
+        account("cy.dahl@northwind.example").await[EXT_URN]
+            .get("learningPaths")
+            .is_none()
+    );
+    // The same events read again inside the overlap window change nothing.
+    okta.advance_clock(30);
+    assert!(writes(&ws.sync(&[], 0)).is_empty());
 }

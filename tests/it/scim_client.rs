@@ -295,6 +295,29 @@ async fn a_429_with_retry_after_seconds_is_waited_out_then_succeeds() {
 }
 
 #[tokio::test]
+async fn a_retry_after_longer_than_fifteen_minutes_fails_at_once_naming_its_end() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v2/Users"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "3600"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = default_client(&server);
+
+    let error = client.create(&new_doc()).await.expect_err("not waited out");
+
+    let message = error.to_string();
+    assert!(
+        matches!(error, ScimError::Unavailable { status: 429, .. }),
+        "{message}"
+    );
+    assert!(message.contains("3600 s, until "), "{message}");
+    assert!(message.contains("15 minutes"), "{message}");
+    assert_eq!(retries(&client), 0);
+}
+
+#[tokio::test]
 async fn a_fractional_retry_after_is_honoured() {
     // 0.6 s rather than 0.3 s: the first backoff without a usable hint is at most 0.5 s, so only a
     // client that really parsed "0.6" waits this long.

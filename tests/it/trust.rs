@@ -506,6 +506,14 @@ async fn a_value_the_target_does_not_keep_is_reported_and_not_sent_again() {
         again["summary"]["not_kept"], created,
         "still reported while it lasts"
     );
+    let status = ws.run(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("udf_shoeSize: {created} user(s)")),
+        "status lists it: {}",
+        status.stdout
+    );
 
     // A new mapped value is sent again (and reported again).
     ws.mapping = ws.mapping.replace("shoeSize = \"42\"", "shoeSize = \"43\"");

@@ -197,9 +197,10 @@ trait Credential {
     fn general_hint(&self) -> String;
 
     /// `text` with any trace of the credential removed (the token endpoint never echoes a
-    /// secret, but a message must not depend on that).
+    /// secret, but a message must not depend on that): the shared redaction step knows the
+    /// client secret, the private key and every assertion made, and removes JWTs by shape.
     fn redact(&self, text: String) -> String {
-        text
+        crate::net::redact::scrub(&text).into_owned()
     }
 }
 
@@ -221,6 +222,7 @@ impl GraphAuth {
         secret: Secret,
         scope: String,
     ) -> GraphAuth {
+        crate::net::redact::register_secret(secret.expose());
         GraphAuth::ClientSecret(Box::new(GraphApp::new(
             login_url, tenant_id, client_id, secret, scope,
         )))
@@ -246,6 +248,7 @@ impl GraphAuth {
         private_key_pem: Secret,
         scope: String,
     ) -> Result<GraphAuth, GraphAuthError> {
+        crate::net::redact::register_secret(private_key_pem.expose());
         let certificate = Certificate::from_pem(certificate_pem, private_key_pem.expose())?;
         Ok(GraphAuth::Certificate(Box::new(GraphApp::new(
             login_url,
@@ -387,7 +390,9 @@ impl<C: Credential> GraphApp<C> {
             .map_err(transport)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(transport)?;
+        let body = crate::net::redact::read_body(response)
+            .await
+            .map_err(transport)?;
         if status.is_success() {
             return self.parse_token(&body);
         }
@@ -459,7 +464,7 @@ impl<C: Credential> GraphApp<C> {
             expires_in_s = lifetime.as_secs()
         );
         Ok(AccessToken {
-            value: Secret::new(access_token),
+            value: issued(access_token),
             renew_at,
         })
     }
@@ -580,15 +585,6 @@ impl Credential for Secret {
              {READ_PERMISSIONS}"
         )
     }
-
-    fn redact(&self, text: String) -> String {
-        let secret = self.expose();
-        if secret.len() >= 4 && text.contains(secret) {
-            text.replace(secret, "***")
-        } else {
-            text
-        }
-    }
 }
 
 impl Credential for Certificate {
@@ -705,6 +701,7 @@ impl Certificate {
             })?;
         jws.push('.');
         jws.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        crate::net::redact::register_issued(&jws);
         Ok(jws)
     }
 }
@@ -893,6 +890,12 @@ fn random_guid() -> String {
         &hex[16..20],
         &hex[20..32]
     )
+}
+
+/// An access token the identity platform issued, registered with the redaction step.
+fn issued(token: &str) -> Secret {
+    crate::net::redact::register_issued(token);
+    Secret::new(token)
 }
 
 #[cfg(test)]

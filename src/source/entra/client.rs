@@ -27,7 +27,7 @@ use crate::net::retry::{self, Attempt, Backoff, Verdict};
 
 /// The longest single wait that a `Retry-After` may ask for; longer ones are cut to it (and the
 /// request is throttled again if Graph still refuses it).
-pub const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(300);
+pub const MAX_THROTTLE_WAIT: Duration = retry::MAX_RATE_LIMIT_WAIT;
 
 /// What went wrong with a Graph request, named by what the caller does next.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -472,7 +472,11 @@ impl GraphClient {
             let response = request.send().await.map_err(transport)?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body: Vec<u8> = response.bytes().await.map_err(transport)?.into();
+            // An error answer comes back scrubbed: it may quote the request back.
+            let body: Vec<u8> = crate::net::redact::read_body(response)
+                .await
+                .map_err(transport)?
+                .into();
             if status.is_success() {
                 return Ok(Answer { body });
             }
@@ -575,6 +579,25 @@ fn classify_failure(
             Verdict::RetryAfter(after) => after,
             Verdict::Done | Verdict::Fail => None,
         };
+        // A wait longer than one may last fails the run at once, naming its end.
+        if let Some(why) = after.and_then(|wait| retry::wait_too_long(wait, SystemTime::now())) {
+            return Attempt::Fatal(match error {
+                GraphError::Throttled {
+                    url,
+                    attempts,
+                    detail,
+                } => GraphError::Throttled {
+                    url,
+                    attempts,
+                    detail: if detail.is_empty() {
+                        why
+                    } else {
+                        format!("{detail}; {why}")
+                    },
+                },
+                other => other,
+            });
+        }
         return Attempt::Retry { error, after };
     }
     match verdict {

@@ -242,27 +242,72 @@ pub async fn read_one(
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings: Vec::new(),
+        reasons: Default::default(),
         commit: SourceCommit::default(),
     }))
 }
 
-/// Gets a token and reads one page of users (for `check-config --connect`).
+/// Authenticates and reads from every endpoint a run uses: the first page of the users delta
+/// query (with the `$select` a run uses) and of the groups delta query (with members), and one
+/// user's manager. Every endpoint is tried; a refusal names the permission that is missing.
 ///
 /// # Errors
-/// [`SourceError`] when Entra ID refuses or cannot be reached.
+/// [`SourceError::Secret`] or [`SourceError::Unreadable`] when the credentials cannot be built;
+/// [`SourceError::Unreadable`] listing every endpoint that failed.
 pub async fn check(config: &EntraConfig) -> Result<String, SourceError> {
     let client = client(config)?;
-    let mut seen = 0;
-    client
-        .get_pages("/v1.0/users?$top=1&$select=id", |items| {
-            seen = items.len();
+    let mut read = Vec::new();
+    let mut failed = Vec::new();
+    let mut first_user = None;
+    let users = client
+        .get_pages(
+            &format!("/v1.0/users/delta?$select={}", encode(&select(config))),
+            |items| {
+                first_user = items
+                    .iter()
+                    .find_map(|item| item.get("id").and_then(Value::as_str).map(str::to_owned));
+                read.push(format!("users delta ({})", items.len()));
+                Ok(false)
+            },
+        )
+        .await;
+    let mut outcomes = vec![users.map(drop)];
+    let groups = client
+        .get_pages("/v1.0/groups/delta?$select=displayName,members", |items| {
+            read.push(format!("groups delta ({})", items.len()));
             Ok(false)
         })
-        .await
-        .map_err(|error| unreadable(config, error))?;
+        .await;
+    outcomes.push(groups.map(drop));
+    if let Some(id) = &first_user {
+        let manager = client
+            .get_json(&format!("/v1.0/users/{}/manager?$select=id", encode(id)))
+            .await;
+        match &manager {
+            Ok(Some(_)) => read.push("a manager".to_owned()),
+            Ok(None) => read.push("a manager (that user has none)".to_owned()),
+            Err(_) => {}
+        }
+        outcomes.push(manager.map(drop));
+    }
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => {}
+            // Authentication failing fails every endpoint alike: say it once.
+            Err(error @ (GraphError::Auth(_) | GraphError::Unauthorized { .. })) => {
+                return Err(unreadable(config, error));
+            }
+            Err(error) => failed.push(error.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(unreadable(config, failed.join("; ")));
+    }
     Ok(format!(
-        "authenticated to tenant {} as {}; read a page of {seen} user(s)",
-        config.tenant_id, config.client_id
+        "authenticated to tenant {} as {}; read {}",
+        config.tenant_id,
+        config.client_id,
+        read.join(", ")
     ))
 }
 
@@ -368,10 +413,20 @@ fn collect_user_deltas(items: Vec<Value>, deltas: &mut BTreeMap<String, UserDelt
         // A user that appears again after a removal in the same round was restored.
         delta.removed = false;
         if let Some(Value::Array(changes)) = object.remove("manager@delta") {
-            for change in changes {
-                let removed = change.get("@removed").is_some();
-                let manager = change.get("id").and_then(Value::as_str).map(str::to_owned);
-                delta.manager = Some(if removed { None } else { manager });
+            // Removals first, then additions: the array's order says nothing (a new manager and
+            // the old one's `@removed` entry may come either way round).
+            let added = changes
+                .iter()
+                .filter(|change| change.get("@removed").is_none())
+                .filter_map(|change| change.get("id").and_then(Value::as_str))
+                .next_back();
+            let removed = changes
+                .iter()
+                .any(|change| change.get("@removed").is_some());
+            match added {
+                Some(manager) => delta.manager = Some(Some(manager.to_owned())),
+                None if removed => delta.manager = Some(None),
+                None => {}
             }
         }
         for (key, value) in object {
@@ -550,8 +605,37 @@ async fn read_incremental(
         .meta(GROUP_NAMES_KEY)?
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default();
-    // Membership changes per user, for the groups the filter selects.
+    // Groups renamed or deleted: every cached member of the old name is affected, found in the
+    // source cache (no request per user); a group renamed into the filter is read whole.
+    let renamed_or_deleted = group_events(&groups, &group_names);
+    let mut reasons: BTreeMap<IdpId, String> = BTreeMap::new();
+    let mut affected: BTreeMap<String, SourceUser> = BTreeMap::new();
     let mut membership: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+    for event in &renamed_or_deleted {
+        if filter.matches(event.old_name()) {
+            for user in state.cached_members_of(event.old_name())? {
+                reasons
+                    .entry(user.id.clone())
+                    .or_insert_with(|| event.reason());
+                affected.entry(user.id.0.clone()).or_insert(user);
+            }
+        }
+        if let GroupEvent::Renamed { id, old, new } = event
+            && filter.matches(new)
+            && !filter.matches(old)
+        {
+            for member in read_group_members(client, id).await? {
+                reasons
+                    .entry(IdpId(member.clone()))
+                    .or_insert_with(|| event.reason());
+                membership
+                    .entry(member)
+                    .or_default()
+                    .push((new.clone(), true));
+            }
+        }
+    }
+    // Membership changes per user, for the groups the filter selects.
     for (id, group) in &groups {
         let old_name = group_names.get(id).cloned();
         if group.removed {
@@ -612,9 +696,16 @@ async fn read_incremental(
                     None => cached.as_ref().and_then(|c| c.manager_id.clone()),
                 };
                 user.groups = cached.map(|c| c.groups).unwrap_or_default();
+                affected.remove(&id);
                 users.insert(id, user);
             }
             Err(rejected) => read.rejected.push(rejected),
+        }
+    }
+    // Members of renamed or deleted groups who did not change themselves.
+    for (id, user) in affected {
+        if !removed.iter().any(|r| r.0 == id) {
+            users.entry(id).or_insert(user);
         }
     }
     // Users whose membership changed but who did not change themselves.
@@ -637,6 +728,14 @@ async fn read_incremental(
     }
     for (id, user) in &mut users {
         let mut names: BTreeSet<String> = user.groups.iter().cloned().collect();
+        for event in &renamed_or_deleted {
+            if names.remove(event.old_name())
+                && let GroupEvent::Renamed { new, .. } = event
+                && filter.matches(new)
+            {
+                names.insert(new.clone());
+            }
+        }
         for (name, added) in membership.get(id).into_iter().flatten() {
             if *added {
                 names.insert(name.clone());
@@ -673,6 +772,7 @@ async fn read_incremental(
 
     read.users = users.into_values().map(Arc::new).collect();
     read.removed = removed;
+    read.reasons = reasons;
     read.commit = SourceCommit {
         cursors: vec![
             (USERS_LINK_KEY.to_owned(), new_users_link),
@@ -688,6 +788,84 @@ async fn read_incremental(
         },
     };
     Ok(read)
+}
+
+/// A group renamed or deleted in a delta round, as it reaches its members' `groups`.
+#[derive(Debug, Clone, PartialEq)]
+enum GroupEvent {
+    /// The group `id` was called `old` and is called `new` now.
+    Renamed {
+        id: String,
+        old: String,
+        new: String,
+    },
+    /// The group called `name` is gone.
+    Deleted { name: String },
+}
+
+impl GroupEvent {
+    /// The name the cache knows the group by.
+    fn old_name(&self) -> &str {
+        match self {
+            GroupEvent::Renamed { old, .. } => old,
+            GroupEvent::Deleted { name } => name,
+        }
+    }
+
+    /// Why its members are updated (the action's `reason`).
+    fn reason(&self) -> String {
+        match self {
+            GroupEvent::Renamed { old, new, .. } => format!("group renamed: {old} → {new}"),
+            GroupEvent::Deleted { name } => format!("group deleted: {name}"),
+        }
+    }
+}
+
+/// The renames and deletions of a groups delta round, against the names the state knew.
+fn group_events(
+    groups: &BTreeMap<String, GroupDelta>,
+    known: &BTreeMap<String, String>,
+) -> Vec<GroupEvent> {
+    groups
+        .iter()
+        .filter_map(|(id, group)| {
+            let old = known.get(id)?;
+            match (&group.name, group.removed) {
+                (_, true) => Some(GroupEvent::Deleted { name: old.clone() }),
+                (Some(new), false) if new != old => Some(GroupEvent::Renamed {
+                    id: id.clone(),
+                    old: old.clone(),
+                    new: new.clone(),
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The ids of a group's user members (`/groups/{id}/members`, paged).
+async fn read_group_members(client: &GraphClient, id: &str) -> Result<Vec<String>, GraphError> {
+    let mut members = Vec::new();
+    client
+        .get_pages(
+            &format!("/v1.0/groups/{}/members?$select=id", encode(id)),
+            |items| {
+                members.extend(
+                    items
+                        .iter()
+                        .filter(|item| {
+                            item.get("@odata.type")
+                                .and_then(Value::as_str)
+                                .is_none_or(|kind| kind == "#microsoft.graph.user")
+                        })
+                        .filter_map(|item| item.get("id").and_then(Value::as_str))
+                        .map(str::to_owned),
+                );
+                Ok(true)
+            },
+        )
+        .await?;
+    Ok(members)
 }
 
 /// One user by id, for a manager or a membership change outside the batch.
@@ -807,6 +985,7 @@ fn empty_read(full: bool) -> SourceRead {
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings: Vec::new(),
+        reasons: Default::default(),
         commit: SourceCommit::default(),
     }
 }

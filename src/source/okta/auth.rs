@@ -205,6 +205,7 @@ impl OktaAuth {
     /// Authenticates with an API token (`Authorization: SSWS <token>`).
     #[must_use]
     pub fn api_token(token: Secret) -> OktaAuth {
+        crate::net::redact::register_secret(token.expose());
         OktaAuth::ApiToken(token)
     }
 
@@ -221,6 +222,7 @@ impl OktaAuth {
         private_key_pem: Secret,
         scopes: Vec<String>,
     ) -> Result<OktaAuth, OktaAuthError> {
+        crate::net::redact::register_secret(private_key_pem.expose());
         let key = ClientKey::from_pem(private_key_pem.expose())?;
         let token_url =
             org_url
@@ -444,7 +446,10 @@ impl ServiceApp {
             let response = request.send().await.map_err(transport)?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(transport)?;
+            // An error answer comes back scrubbed: it may quote the assertion or the proof.
+            let body = crate::net::redact::read_body(response)
+                .await
+                .map_err(transport)?;
             let sent_nonce = headers
                 .get(DPOP_NONCE)
                 .and_then(|value| value.to_str().ok())
@@ -534,6 +539,7 @@ impl ServiceApp {
             token_type = ?kind,
             expires_in_s = lifetime.as_secs()
         );
+        crate::net::redact::register_issued(access_token);
         Ok(AccessToken {
             value: Secret::new(access_token),
             kind,
@@ -590,9 +596,11 @@ impl ServiceApp {
             ClientKey::Ec(_) => "ES256",
         };
         let header = json!({ "alg": alg, "typ": "JWT" });
-        sign_jws(&header, &claims, "client assertion", |input| {
+        let assertion = sign_jws(&header, &claims, "client assertion", |input| {
             self.key.sign(input)
-        })
+        })?;
+        crate::net::redact::register_issued(&assertion);
+        Ok(assertion)
     }
 }
 

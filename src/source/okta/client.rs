@@ -18,7 +18,8 @@
 //! Okta's concurrent-limit form, with Limit and Remaining 0) closes the gate until the reset too
 //! and is retried then; without a usable reset it backs off like a 5xx. Waits are measured
 //! against the server's `Date` when it sends one (clock skew), get up to 250 ms of jitter, are
-//! capped at five minutes, and are logged at warn level. Waiting is sleeping: nothing spins.
+//! logged at warn level; one wait lasts at most 15 minutes: a 429 whose reset is further away
+//! fails the run, naming the reset time. Waiting is sleeping: nothing spins.
 
 use crate::net::text::{describe_transport, excerpt, kind_of, lock, with_colon};
 use std::collections::{BTreeMap, HashMap};
@@ -39,7 +40,7 @@ use super::auth::{OktaAuth, OktaAuthError};
 use crate::net::retry::{self, Attempt, Backoff, Verdict};
 
 /// The longest single wait for a rate-limit reset.
-pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(300);
+pub const MAX_RATE_LIMIT_WAIT: Duration = retry::MAX_RATE_LIMIT_WAIT;
 /// The most random delay added to a rate-limit wait, so that clients do not start together.
 const RATE_LIMIT_JITTER: Duration = Duration::from_millis(250);
 /// How many times one request answers a DPoP nonce challenge from the resource server.
@@ -534,9 +535,15 @@ impl OktaClient {
                 && rate.is_low()
                 && let Some(wait) = reset_wait
             {
-                inner.gates.close(&bucket, wait + jitter());
+                inner
+                    .gates
+                    .close(&bucket, wait.min(MAX_RATE_LIMIT_WAIT) + jitter());
             }
-            let body: Vec<u8> = response.bytes().await.map_err(transport)?.into();
+            // An error answer comes back scrubbed: it may quote the request back.
+            let body: Vec<u8> = crate::net::redact::read_body(response)
+                .await
+                .map_err(transport)?
+                .into();
             if status.is_success() {
                 return Ok(Answer { headers, body });
             }
@@ -580,10 +587,13 @@ impl OktaClient {
                     }));
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
-                    // Without a reset in the future, back off (after = None).
+                    // Without a reset in the future, back off (after = None). A reset further
+                    // away than one wait may last fails the run below, before the gate closes.
                     let after = reset_wait.map(|wait| {
                         let wait = wait + jitter();
-                        inner.gates.close(&bucket, wait);
+                        if wait <= MAX_RATE_LIMIT_WAIT {
+                            inner.gates.close(&bucket, wait);
+                        }
                         wait
                     });
                     tracing::warn!(
@@ -593,6 +603,15 @@ impl OktaClient {
                         limit = rate.limit,
                         wait_ms = after.map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
                     );
+                    // A wait longer than one may last fails the run at once, naming its end.
+                    if let Some(why) = after.and_then(|wait| retry::wait_too_long(wait, now)) {
+                        return Err(Attempt::Fatal(OktaError::Unavailable {
+                            url: shown,
+                            status: status.as_u16(),
+                            attempts: sent,
+                            detail: why,
+                        }));
+                    }
                     return Err(Attempt::Retry {
                         error: OktaError::RateLimited {
                             url: shown,
@@ -648,7 +667,8 @@ impl RateGates {
                 bucket,
                 wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
             );
-            tokio::time::sleep_until(until).await;
+            // A deliberate rate-limit wait: progress for the watchdog.
+            crate::progress::sleep_until(until).await;
         }
     }
 
@@ -689,8 +709,9 @@ impl RateLimit {
     }
 
     /// How long until the reset, measured against the answer's `Date` when it has one, else
-    /// against `local_now`; `None` without a reset or when it is not in the future. Capped at
-    /// [`MAX_RATE_LIMIT_WAIT`] (with a warning).
+    /// against `local_now`; `None` without a reset or when it is not in the future. Not capped:
+    /// a 429 whose reset is further than [`MAX_RATE_LIMIT_WAIT`] fails the run; a gate closed
+    /// on a nearly empty bucket waits at most that long.
     pub(crate) fn until_reset(
         &self,
         headers: &HeaderMap,
@@ -702,14 +723,6 @@ impl RateLimit {
             .duration_since(now)
             .ok()
             .filter(|wait| !wait.is_zero())?;
-        if wait > MAX_RATE_LIMIT_WAIT {
-            tracing::warn!(
-                message = "Okta's rate-limit reset is far away; waiting the maximum instead.",
-                reset_in_s = wait.as_secs(),
-                max_wait_s = MAX_RATE_LIMIT_WAIT.as_secs()
-            );
-            return Some(MAX_RATE_LIMIT_WAIT);
-        }
         Some(wait)
     }
 }

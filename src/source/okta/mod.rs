@@ -10,7 +10,7 @@ pub mod auth;
 pub mod client;
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,8 +47,17 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Retries of one request to Okta (429, 5xx, transport errors).
 const MAX_RETRIES: u32 = 5;
 
-const MEMBERSHIP_EVENTS: &str =
-    "eventType eq \"group.user_membership.add\" or eventType eq \"group.user_membership.remove\"";
+/// The System Log events that change what users' `groups` hold: membership added or removed,
+/// a group renamed, a group deleted.
+const GROUP_EVENTS: &str = "eventType eq \"group.user_membership.add\" or eventType eq \"group.user_membership.remove\" or eventType eq \"group.profile.update\" or eventType eq \"group.lifecycle.delete\"";
+
+/// State key: group id → name, as of the last read (so that a rename or a deletion, which names
+/// the group by id, reaches the users who hold its old name).
+pub const GROUP_NAMES_KEY: &str = "okta.group_names";
+
+/// State key: the System Log events already applied inside the overlap window (`uuid` →
+/// `published`), so that an event read again is never applied twice.
+pub const APPLIED_EVENTS_KEY: &str = "okta.applied_events";
 
 /// Builds the client for the configured org (reads the credentials now).
 ///
@@ -84,8 +93,9 @@ pub async fn read(
         message,
     })?;
     let client = client(config)?;
+    // A state without the group names (written by an older version) is read in full once.
     let watermark = match state {
-        Some(state) if !full => state
+        Some(state) if !full && state.meta(GROUP_NAMES_KEY)?.is_some() => state
             .meta(WATERMARK_KEY)?
             .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
             .map(|time| time.with_timezone(&Utc)),
@@ -174,27 +184,50 @@ pub async fn read_one(
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings,
+        reasons: Default::default(),
         commit: SourceCommit::default(),
     }))
 }
 
-/// Authenticates and reads one page of users (for `check-config --connect`).
+/// Authenticates and reads one item from every endpoint a run uses: users, groups and the
+/// System Log (membership changes, on every incremental run). Every endpoint is tried; a
+/// refusal names the scope or admin role that is missing.
 ///
 /// # Errors
-/// [`SourceError`] when Okta refuses or cannot be reached.
+/// [`SourceError::Secret`] or [`SourceError::Unreadable`] when the credentials cannot be built;
+/// [`SourceError::Unreadable`] listing every endpoint that failed.
 pub async fn check(config: &OktaConfig) -> Result<String, SourceError> {
     let client = client(config)?;
-    let mut seen = 0;
-    client
-        .get_pages("/api/v1/users?limit=1", None, |items| {
-            seen = items.len();
-            Ok(false)
-        })
-        .await
-        .map_err(|error| unreadable(config, error))?;
+    let mut read = Vec::new();
+    let mut failed = Vec::new();
+    for (what, path) in [
+        ("users", "/api/v1/users?limit=1"),
+        ("groups", "/api/v1/groups?limit=1"),
+        ("System Log", "/api/v1/logs?limit=1"),
+    ] {
+        let mut seen = 0;
+        let result = client
+            .get_pages(path, None, |items| {
+                seen = items.len();
+                Ok(false)
+            })
+            .await;
+        match result {
+            Ok(_) => read.push(format!("{what} ({seen})")),
+            // Authentication failing fails every endpoint alike: say it once.
+            Err(error @ (OktaError::Auth(_) | OktaError::Unauthorized { .. })) => {
+                return Err(unreadable(config, error));
+            }
+            Err(error) => failed.push(error.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(unreadable(config, failed.join("; ")));
+    }
     Ok(format!(
-        "authenticated to {}; read a page of {seen} user(s)",
-        config.org_url
+        "authenticated to {}; read a page of {}",
+        config.org_url,
+        read.join(", ")
     ))
 }
 
@@ -274,7 +307,7 @@ async fn read_full(
         )
         .await?;
     let started = client.first_server_date().unwrap_or_else(Utc::now);
-    let memberships = read_memberships(client, filter).await?;
+    let (memberships, group_names) = read_memberships(client, filter).await?;
     let mut users = users.users;
     if !memberships.is_empty() {
         for user in &mut users {
@@ -297,7 +330,14 @@ async fn read_full(
     }
     read.users = users.into_iter().map(|user| Arc::new(user.user)).collect();
     read.commit = SourceCommit {
-        cursors: vec![(WATERMARK_KEY.to_owned(), format_time(started))],
+        cursors: vec![
+            (WATERMARK_KEY.to_owned(), format_time(started)),
+            (
+                GROUP_NAMES_KEY.to_owned(),
+                serde_json::to_string(&group_names).unwrap_or_default(),
+            ),
+            (APPLIED_EVENTS_KEY.to_owned(), "{}".to_owned()),
+        ],
         cache: CacheUpdate::Replace(read.users.clone()),
     };
     Ok(read)
@@ -332,7 +372,7 @@ async fn read_incremental(
             &format!(
                 "/api/v1/logs?since={}&sortOrder=ASCENDING&limit={LOG_PAGE}&filter={}",
                 encode(&since_text),
-                encode(MEMBERSHIP_EVENTS)
+                encode(GROUP_EVENTS)
             ),
             Some(LOG_PAGE),
             |items| {
@@ -341,11 +381,24 @@ async fn read_incremental(
             },
         )
         .await?;
-    let changes: Vec<MembershipChange> = events
-        .iter()
-        .filter_map(membership_change)
-        .filter(|change| filter.matches(&change.group))
-        .collect();
+    // What the events mean, applied once each: per user and group the latest event by
+    // `published` (Okta may return them out of order), renames and deletions of groups.
+    let known_names: BTreeMap<String, String> = state
+        .meta(GROUP_NAMES_KEY)?
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let applied: BTreeMap<String, String> = state
+        .meta(APPLIED_EVENTS_KEY)?
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let mut group_changes = GroupChanges::of(&events, &applied, &known_names);
+    for id in group_changes.renamed_ids() {
+        let name = client
+            .get_json(&format!("/api/v1/groups/{}", path_segment(&id)))
+            .await?
+            .and_then(|group| group.pointer("/profile/name")?.as_str().map(str::to_owned));
+        group_changes.set_new_name(&id, name);
+    }
 
     let mut read = empty_read(false);
     let mut users = convert_all(raw, config.suspended_is_active, &mut read.rejected);
@@ -355,28 +408,93 @@ async fn read_incremental(
         .map(|(index, user)| (user.user.id.0.clone(), index))
         .collect();
     let cached = |id: &str| state.cached_source_user(&IdpId(id.to_owned()));
+    let from_cache = |user: SourceUser| OktaUser {
+        manager_login: user
+            .attrs
+            .get("manager")
+            .as_ref()
+            .and_then(Value::as_str)
+            .filter(|_| user.manager_id.is_none())
+            .map(str::to_owned),
+        user,
+    };
+
+    // Members of renamed or deleted groups: found in the cache by the old name (no request per
+    // user); a group renamed into the filter is read whole.
+    let mut reasons: BTreeMap<IdpId, String> = BTreeMap::new();
+    let mut joined: Vec<(String, String)> = Vec::new();
+    for event in &group_changes.groups {
+        if let Some(old) = &event.old_name
+            && filter.matches(old)
+        {
+            for user in state.cached_members_of(old)? {
+                reasons
+                    .entry(user.id.clone())
+                    .or_insert_with(|| event.reason());
+                if !known.contains_key(&user.id.0) {
+                    known.insert(user.id.0.clone(), users.len());
+                    users.push(from_cache(user));
+                }
+            }
+        }
+        if let Some(new) = &event.new_name
+            && filter.matches(new)
+            && !event
+                .old_name
+                .as_deref()
+                .is_some_and(|old| filter.matches(old))
+        {
+            let mut members = Vec::new();
+            client
+                .get_pages(
+                    &format!(
+                        "/api/v1/groups/{}/users?limit={MEMBER_PAGE}",
+                        path_segment(&event.id)
+                    ),
+                    None,
+                    |items| {
+                        members.extend(
+                            items
+                                .iter()
+                                .filter_map(|item| item.get("id").and_then(Value::as_str))
+                                .map(str::to_owned),
+                        );
+                        Ok(true)
+                    },
+                )
+                .await?;
+            for member in members {
+                reasons
+                    .entry(IdpId(member.clone()))
+                    .or_insert_with(|| event.reason());
+                joined.push((member, new.clone()));
+            }
+        }
+    }
+    let memberships: Vec<(String, String, bool)> = group_changes
+        .memberships
+        .iter()
+        .filter(|change| !change.already_applied)
+        .filter_map(|change| {
+            let name = group_changes.name_of(&change.group_id, &change.group)?;
+            Some((change.user_id.clone(), name, change.added))
+        })
+        .chain(joined.into_iter().map(|(user, name)| (user, name, true)))
+        .filter(|(_, name, _)| filter.matches(name))
+        .collect();
 
     // Users whose membership changed but whose profile did not: from the cache, else from Okta.
     let mut missing = Vec::new();
-    for change in &changes {
-        if known.contains_key(&change.user_id) || missing.contains(&change.user_id) {
+    for (user_id, _, _) in &memberships {
+        if known.contains_key(user_id) || missing.contains(user_id) {
             continue;
         }
-        match cached(&change.user_id)? {
+        match cached(user_id)? {
             Some(user) => {
-                known.insert(change.user_id.clone(), users.len());
-                users.push(OktaUser {
-                    manager_login: user
-                        .attrs
-                        .get("manager")
-                        .as_ref()
-                        .and_then(Value::as_str)
-                        .filter(|_| user.manager_id.is_none())
-                        .map(str::to_owned),
-                    user,
-                });
+                known.insert(user_id.clone(), users.len());
+                users.push(from_cache(user));
             }
-            None => missing.push(change.user_id.clone()),
+            None => missing.push(user_id.clone()),
         }
     }
     for fetched in fetch_by_ids(
@@ -391,16 +509,25 @@ async fn read_incremental(
         users.push(fetched);
     }
 
-    // Groups: what the cache knew, with the membership events applied in order.
+    // Groups: what the cache knew, with renames, deletions and memberships applied.
     for user in &mut users {
         let mut groups: BTreeSet<String> = cached(&user.user.id.0)?
             .map(|cached| cached.groups.into_iter().collect())
             .unwrap_or_default();
-        for change in changes.iter().filter(|c| c.user_id == user.user.id.0) {
-            if change.added {
-                groups.insert(change.group.clone());
+        for event in &group_changes.groups {
+            if let Some(old) = &event.old_name
+                && groups.remove(old)
+                && let Some(new) = &event.new_name
+                && filter.matches(new)
+            {
+                groups.insert(new.clone());
+            }
+        }
+        for (_, name, added) in memberships.iter().filter(|c| c.0 == user.user.id.0) {
+            if *added {
+                groups.insert(name.clone());
             } else {
-                groups.remove(&change.group);
+                groups.remove(name);
             }
         }
         user.user.groups = groups.into_iter().collect();
@@ -437,8 +564,21 @@ async fn read_incremental(
     }
 
     read.users = users.into_iter().map(|user| Arc::new(user.user)).collect();
+    read.reasons = reasons;
+    let names = group_changes.names_after(&known_names);
+    let applied = group_changes.applied_after(&since_text);
     read.commit = SourceCommit {
-        cursors: vec![(WATERMARK_KEY.to_owned(), format_time(started))],
+        cursors: vec![
+            (WATERMARK_KEY.to_owned(), format_time(started)),
+            (
+                GROUP_NAMES_KEY.to_owned(),
+                serde_json::to_string(&names).unwrap_or_default(),
+            ),
+            (
+                APPLIED_EVENTS_KEY.to_owned(),
+                serde_json::to_string(&applied).unwrap_or_default(),
+            ),
+        ],
         cache: CacheUpdate::Merge {
             upsert: read.users.clone(),
             remove: Vec::new(),
@@ -447,11 +587,12 @@ async fn read_incremental(
     Ok(read)
 }
 
-/// The members of every group the filter selects: user id → group names.
+/// The members of every group the filter selects (user id → group names), and the name of
+/// every group by id.
 async fn read_memberships(
     client: &OktaClient,
     filter: &GroupFilter,
-) -> Result<HashMap<String, BTreeSet<String>>, OktaError> {
+) -> Result<(HashMap<String, BTreeSet<String>>, BTreeMap<String, String>), OktaError> {
     let mut groups = Vec::new();
     client
         .get_pages(
@@ -464,6 +605,7 @@ async fn read_memberships(
         )
         .await?;
     let mut memberships: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut names = BTreeMap::new();
     for group in &groups {
         let (Some(id), Some(name)) = (
             group.get("id").and_then(Value::as_str),
@@ -471,6 +613,7 @@ async fn read_memberships(
         ) else {
             continue;
         };
+        names.insert(id.to_owned(), name.to_owned());
         if !filter.matches(name) {
             continue;
         }
@@ -495,7 +638,7 @@ async fn read_memberships(
             )
             .await?;
     }
-    Ok(memberships)
+    Ok((memberships, names))
 }
 
 /// Users by id, through `search=id eq "…" or …` in small batches.
@@ -1063,34 +1206,193 @@ impl<'de> serde::Deserialize<'de> for ProfileKey {
 /// One `group.user_membership.add/remove` event.
 #[derive(Debug, Clone, PartialEq)]
 struct MembershipChange {
+    /// The user's id.
     user_id: String,
+    /// The group's id.
+    group_id: String,
+    /// The group's name as the event gives it.
     group: String,
+    /// Added, or removed.
     added: bool,
+    /// Applied by an earlier run (read again inside the overlap window).
+    already_applied: bool,
 }
 
-fn membership_change(event: &Value) -> Option<MembershipChange> {
-    let added = match event.get("eventType").and_then(Value::as_str)? {
-        "group.user_membership.add" => true,
-        "group.user_membership.remove" => false,
-        _ => return None,
-    };
-    if event.pointer("/outcome/result").and_then(Value::as_str) == Some("FAILURE") {
-        return None;
+/// A group renamed or deleted, as it reaches the users' `groups`.
+#[derive(Debug, Clone, PartialEq)]
+struct GroupEvent {
+    /// The group's id.
+    id: String,
+    /// The name the cache knows it by (none for a group the state never saw).
+    old_name: Option<String>,
+    /// Its name now; none when it is deleted.
+    new_name: Option<String>,
+}
+
+impl GroupEvent {
+    /// Why its members are updated (the action's `reason`).
+    fn reason(&self) -> String {
+        let old = self.old_name.as_deref().unwrap_or(&self.id);
+        match &self.new_name {
+            Some(new) => format!("group renamed: {old} → {new}"),
+            None => format!("group deleted: {old}"),
+        }
     }
-    let targets = event.get("target")?.as_array()?;
-    let of_type = |kind: &str| {
-        targets
+}
+
+/// What a window of System Log events means for users' `groups`: per user and group only the
+/// event with the latest `published` counts (Okta may return them out of order), an event is
+/// applied once (by `uuid`), and groups renamed or deleted are listed.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct GroupChanges {
+    /// The latest membership event per user and group.
+    memberships: Vec<MembershipChange>,
+    /// Groups renamed (their new name still to be read) or deleted.
+    groups: Vec<GroupEvent>,
+    /// Every event of the window: `uuid` → `published`.
+    seen: BTreeMap<String, String>,
+}
+
+impl GroupChanges {
+    /// Reads the events; `applied` are those an earlier run applied, `known` the group names
+    /// the state holds by id.
+    fn of(
+        events: &[Value],
+        applied: &BTreeMap<String, String>,
+        known: &BTreeMap<String, String>,
+    ) -> GroupChanges {
+        let mut changes = GroupChanges::default();
+        // (user, group) → (published, position, change): the latest wins, ties by position.
+        let mut latest: BTreeMap<(String, String), (String, usize, MembershipChange)> =
+            BTreeMap::new();
+        for (position, event) in events.iter().enumerate() {
+            let text = |pointer: &str| event.pointer(pointer).and_then(Value::as_str);
+            let (Some(uuid), Some(published), Some(kind)) =
+                (text("/uuid"), text("/published"), text("/eventType"))
+            else {
+                continue;
+            };
+            if text("/outcome/result") == Some("FAILURE") {
+                continue;
+            }
+            changes.seen.insert(uuid.to_owned(), published.to_owned());
+            let already_applied = applied.contains_key(uuid);
+            let targets = event
+                .get("target")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let of_type = |wanted: &str| {
+                targets
+                    .iter()
+                    .find(|target| target.get("type").and_then(Value::as_str) == Some(wanted))
+            };
+            let field = |target: Option<&Value>, name: &str| {
+                target
+                    .and_then(|target| target.get(name))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            let group = of_type("UserGroup");
+            let Some(group_id) = field(group, "id") else {
+                continue;
+            };
+            match kind {
+                "group.user_membership.add" | "group.user_membership.remove" => {
+                    let (Some(user_id), Some(name)) =
+                        (field(of_type("User"), "id"), field(group, "displayName"))
+                    else {
+                        continue;
+                    };
+                    let change = MembershipChange {
+                        user_id: user_id.clone(),
+                        group_id: group_id.clone(),
+                        group: name,
+                        added: kind == "group.user_membership.add",
+                        already_applied,
+                    };
+                    let key = (user_id, group_id);
+                    let newer = latest
+                        .get(&key)
+                        .is_none_or(|(when, at, _)| (published, position) >= (when.as_str(), *at));
+                    if newer {
+                        latest.insert(key, (published.to_owned(), position, change));
+                    }
+                }
+                "group.profile.update" | "group.lifecycle.delete" if !already_applied => {
+                    let deleted = kind == "group.lifecycle.delete";
+                    match changes.groups.iter_mut().find(|g| g.id == group_id) {
+                        Some(existing) if deleted => existing.new_name = None,
+                        Some(_) => {}
+                        None => changes.groups.push(GroupEvent {
+                            old_name: known.get(&group_id).cloned(),
+                            // A rename's new name is read from Okta ([`GroupChanges::set_new_name`]).
+                            new_name: (!deleted).then(|| group_id.clone()),
+                            id: group_id,
+                        }),
+                    }
+                }
+                _ => {}
+            }
+        }
+        changes.memberships = latest.into_values().map(|(_, _, change)| change).collect();
+        changes
+    }
+
+    /// The groups whose new name is to be read.
+    fn renamed_ids(&self) -> Vec<String> {
+        self.groups
             .iter()
-            .find(|target| target.get("type").and_then(Value::as_str) == Some(kind))
-    };
-    Some(MembershipChange {
-        user_id: of_type("User")?.get("id")?.as_str()?.to_owned(),
-        group: of_type("UserGroup")?
-            .get("displayName")?
-            .as_str()?
-            .to_owned(),
-        added,
-    })
+            .filter(|group| group.new_name.is_some())
+            .map(|group| group.id.clone())
+            .collect()
+    }
+
+    /// The name a renamed group has now (`None`: it is gone since). A profile update that
+    /// left the name as it was changes nobody.
+    fn set_new_name(&mut self, id: &str, name: Option<String>) {
+        for group in self.groups.iter_mut().filter(|group| group.id == id) {
+            group.new_name = name.clone();
+        }
+        self.groups
+            .retain(|group| group.new_name.is_none() || group.new_name != group.old_name);
+    }
+
+    /// The name a membership event's group goes by now: its new name when renamed, none when
+    /// deleted, else the event's.
+    fn name_of(&self, group_id: &str, event_name: &str) -> Option<String> {
+        match self.groups.iter().find(|group| group.id == group_id) {
+            Some(group) => group.new_name.clone(),
+            None => Some(event_name.to_owned()),
+        }
+    }
+
+    /// The group names by id after these changes.
+    fn names_after(&self, known: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut names = known.clone();
+        for change in &self.memberships {
+            names
+                .entry(change.group_id.clone())
+                .or_insert_with(|| change.group.clone());
+        }
+        for group in &self.groups {
+            match &group.new_name {
+                Some(name) => names.insert(group.id.clone(), name.clone()),
+                None => names.remove(&group.id),
+            };
+        }
+        names
+    }
+
+    /// The events to remember as applied: those published at or after `since` (the start of
+    /// the next run's overlap window at the earliest).
+    fn applied_after(&self, since: &str) -> BTreeMap<String, String> {
+        self.seen
+            .iter()
+            .filter(|(_, published)| published.as_str() >= since)
+            .map(|(uuid, published)| (uuid.clone(), published.clone()))
+            .collect()
+    }
 }
 
 fn group_names(groups: &Value) -> Vec<String> {
@@ -1114,6 +1416,7 @@ fn empty_read(full: bool) -> SourceRead {
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings: Vec::new(),
+        reasons: Default::default(),
         commit: SourceCommit::default(),
     }
 }

@@ -109,30 +109,143 @@ fn managers_resolve_by_id_else_by_login() {
     assert!(manager_warning(&users[3]).contains("managerId 00uX, which matches nobody"));
 }
 
+fn event(
+    uuid: &str,
+    published: &str,
+    kind: &str,
+    user: Option<&str>,
+    group: (&str, &str),
+) -> Value {
+    let mut target = Vec::new();
+    if let Some(user) = user {
+        target.push(
+            json!({"id": user, "type": "User", "alternateId": "a@x.com", "displayName": "A"}),
+        );
+    }
+    target.push(json!({"id": group.0, "type": "UserGroup", "alternateId": "unknown", "displayName": group.1}));
+    json!({
+        "uuid": uuid, "published": published, "eventType": kind,
+        "outcome": {"result": "SUCCESS"}, "target": target
+    })
+}
+
 #[test]
 fn membership_events_are_read_from_the_system_log_shape() {
-    let event = json!({
-        "uuid": "e1", "published": "2026-11-26T10:00:00.000Z",
-        "eventType": "group.user_membership.add", "outcome": {"result": "SUCCESS"},
-        "target": [
-            {"id": "00u1", "type": "User", "alternateId": "a@x.com", "displayName": "A"},
-            {"id": "00g1", "type": "UserGroup", "alternateId": "unknown", "displayName": "LP Onboarding"}
-        ]
-    });
-    assert_eq!(
-        membership_change(&event),
-        Some(MembershipChange {
-            user_id: "00u1".into(),
-            group: "LP Onboarding".into(),
-            added: true
-        })
+    let add = event(
+        "e1",
+        "2026-11-26T10:00:00.000Z",
+        "group.user_membership.add",
+        Some("00u1"),
+        ("00g1", "LP Onboarding"),
     );
-    let mut failed = event.clone();
+    let changes = GroupChanges::of(
+        std::slice::from_ref(&add),
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    );
+    assert_eq!(
+        changes.memberships,
+        vec![MembershipChange {
+            user_id: "00u1".into(),
+            group_id: "00g1".into(),
+            group: "LP Onboarding".into(),
+            added: true,
+            already_applied: false,
+        }]
+    );
+    let mut failed = add.clone();
     failed["outcome"]["result"] = json!("FAILURE");
-    assert_eq!(membership_change(&failed), None);
-    let mut other = event;
+    let mut other = add;
     other["eventType"] = json!("user.session.start");
-    assert_eq!(membership_change(&other), None);
+    let none = GroupChanges::of(&[failed, other], &BTreeMap::new(), &BTreeMap::new());
+    assert!(none.memberships.is_empty() && none.groups.is_empty());
+}
+
+#[test]
+fn the_latest_published_event_wins_and_applied_events_count_only_for_ordering() {
+    let group = ("00g1", "LP Onboarding");
+    let add = event(
+        "e1",
+        "2026-11-26T10:00:00.000Z",
+        "group.user_membership.add",
+        Some("00u1"),
+        group,
+    );
+    let remove = event(
+        "e2",
+        "2026-11-26T10:00:05.000Z",
+        "group.user_membership.remove",
+        Some("00u1"),
+        group,
+    );
+    // Returned out of order: the removal first.
+    let changes = GroupChanges::of(
+        &[remove.clone(), add.clone()],
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    );
+    assert_eq!(changes.memberships.len(), 1);
+    assert!(!changes.memberships[0].added, "the later removal wins");
+    // Read again after the removal was applied: it still wins, and is not applied twice.
+    let applied: BTreeMap<String, String> =
+        [("e2".to_owned(), "2026-11-26T10:00:05.000Z".to_owned())].into();
+    let again = GroupChanges::of(&[add, remove], &applied, &BTreeMap::new());
+    assert!(again.memberships[0].already_applied);
+    assert!(!again.memberships[0].added);
+    assert_eq!(
+        again
+            .applied_after("2026-11-26T10:00:01.000Z")
+            .keys()
+            .collect::<Vec<_>>(),
+        ["e2"],
+        "only events inside the next overlap window are remembered"
+    );
+}
+
+#[test]
+fn renamed_and_deleted_groups_are_listed_by_their_old_names() {
+    let known: BTreeMap<String, String> = [
+        ("00g1".to_owned(), "LP Onboarding".to_owned()),
+        ("00g2".to_owned(), "LP Old".to_owned()),
+    ]
+    .into();
+    let events = [
+        event(
+            "e1",
+            "2026-11-26T10:00:00.000Z",
+            "group.profile.update",
+            None,
+            ("00g1", "LP Welcome"),
+        ),
+        event(
+            "e2",
+            "2026-11-26T10:00:01.000Z",
+            "group.lifecycle.delete",
+            None,
+            ("00g2", "LP Old"),
+        ),
+    ];
+    let mut changes = GroupChanges::of(&events, &BTreeMap::new(), &known);
+    assert_eq!(changes.renamed_ids(), ["00g1"]);
+    changes.set_new_name("00g1", Some("LP Welcome".into()));
+    assert_eq!(
+        changes
+            .groups
+            .iter()
+            .map(GroupEvent::reason)
+            .collect::<Vec<_>>(),
+        [
+            "group renamed: LP Onboarding → LP Welcome",
+            "group deleted: LP Old"
+        ]
+    );
+    let names = changes.names_after(&known);
+    assert_eq!(names.get("00g1").map(String::as_str), Some("LP Welcome"));
+    assert!(!names.contains_key("00g2"));
+    // A profile update that kept the name changes nobody.
+    let mut same = GroupChanges::of(&events[..1], &BTreeMap::new(), &known);
+    same.set_new_name("00g1", Some("LP Onboarding".into()));
+    assert!(same.groups.is_empty());
 }
 
 #[test]

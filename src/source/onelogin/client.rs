@@ -37,7 +37,7 @@ use crate::net::retry::{self, Attempt, Backoff, Verdict};
 use crate::net::text::{describe_transport, excerpt, kind_of, lock, with_colon};
 
 /// The longest single wait for a rate-limit reset (SPEC: one wait is at most 15 minutes).
-pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
+pub const MAX_RATE_LIMIT_WAIT: Duration = crate::net::retry::MAX_RATE_LIMIT_WAIT;
 /// How long before its expiry a token is replaced (at most a tenth of its lifetime).
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 /// Token requests per call before a persistent 5xx is reported as a credential problem.
@@ -221,6 +221,8 @@ impl OneLoginClient {
         timeout: Duration,
         backoff: Backoff,
     ) -> Result<OneLoginClient, OneLoginError> {
+        // The shared redaction step removes the secret from every text that leaves the process.
+        crate::net::redact::register_secret(client_secret.expose());
         let http = crate::net::http_client_builder(timeout)
             .build()
             .map_err(|error| OneLoginError::Transport {
@@ -468,6 +470,7 @@ impl OneLoginClient {
             inner.client_id,
             inner.client_secret.expose()
         ));
+        crate::net::redact::register_issued(&basic);
         let mut authorization = HeaderValue::from_str(&format!("Basic {basic}")).map_err(|_| {
             auth_error("the client id or secret holds characters a header cannot carry".into())
         })?;
@@ -495,7 +498,10 @@ impl OneLoginClient {
             };
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response.bytes().await.unwrap_or_default();
+            // An error answer comes back scrubbed: it may quote the request back.
+            let body = crate::net::redact::read_body(response)
+                .await
+                .unwrap_or_default();
             if status.is_success() {
                 let value: Value = serde_json::from_slice(&body).map_err(|error| {
                     auth_error(format!("the token answer is not JSON ({error})"))
@@ -510,6 +516,7 @@ impl OneLoginClient {
                         .unwrap_or(36_000),
                 );
                 let margin = TOKEN_MARGIN.min(lifetime / 10);
+                crate::net::redact::register_issued(token);
                 return Ok(CachedToken {
                     value: Secret::new(token),
                     refresh_at: Instant::now() + lifetime.saturating_sub(margin),
@@ -629,7 +636,11 @@ impl OneLoginClient {
             {
                 self.close_gate(Duration::from_secs(reset), now);
             }
-            let body: Vec<u8> = response.bytes().await.map_err(transport)?.into();
+            // An error answer comes back scrubbed: it may quote the request back.
+            let body: Vec<u8> = crate::net::redact::read_body(response)
+                .await
+                .map_err(transport)?
+                .into();
             if status.is_success() {
                 return Ok(Answer { headers, body });
             }

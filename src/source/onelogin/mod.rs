@@ -279,42 +279,71 @@ pub async fn read_one(
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings,
+        reasons: Default::default(),
         commit: SourceCommit::default(),
     }))
 }
 
-/// Authenticates, reads one page of users and the roles (for `check-config --connect`).
+/// Authenticates and reads from every endpoint a run uses (for `check-config --connect`): one
+/// page of users with the fields a run asks for, the roles, the groups (API v1) and one role's
+/// members. Every endpoint is tried; a refusal names the permission the credential lacks.
 ///
 /// # Errors
-/// [`SourceError`] naming what failed (and the permission the credential lacks).
+/// [`SourceError`] naming every endpoint that failed.
 pub async fn check(config: &OneLoginConfig) -> Result<String, SourceError> {
     let client = client(config)?;
     let fail = |error| unreadable(config, error);
     client.authenticate().await.map_err(fail)?;
+    let mut failures = Vec::new();
     let mut users = 0;
-    client
-        .get_pages::<Box<RawValue>>(
-            &format!("/api/2/users?limit={PAGE}&fields=id"),
-            Paging::V2,
-            |page| {
-                users = page.len();
-                Ok(false)
-            },
-        )
+    if let Err(error) = client
+        .get_pages::<Box<RawValue>>(&users_path(""), Paging::V2, |page| {
+            users = page.len();
+            Ok(false)
+        })
         .await
-        .map_err(fail)?;
-    let mut roles = 0;
-    client
+    {
+        failures.push(error.to_string());
+    }
+    let mut roles = Vec::new();
+    if let Err(error) = client
         .get_pages::<NamedItem>(&format!("/api/2/roles?limit={PAGE}"), Paging::V2, |page| {
-            roles += page.len();
+            roles.extend(page);
             Ok(true)
         })
         .await
-        .map_err(fail)?;
+    {
+        failures.push(error.to_string());
+    }
+    let mut groups = 0;
+    if let Err(error) = client
+        .get_pages::<NamedItem>("/api/1/groups", Paging::V1, |page| {
+            groups += page.len();
+            Ok(false)
+        })
+        .await
+    {
+        failures.push(error.to_string());
+    }
+    if let Some(role) = roles.iter().find_map(|role| integer(&role.id))
+        && let Err(error) = client
+            .get_pages::<Box<RawValue>>(
+                &format!("/api/2/roles/{role}/users?limit={PAGE}"),
+                Paging::V2,
+                |_| Ok(false),
+            )
+            .await
+    {
+        failures.push(error.to_string());
+    }
+    if !failures.is_empty() {
+        return Err(unreadable(config, failures.join("; ")));
+    }
     Ok(format!(
-        "authenticated to {} as client {}; read a page of {users} user(s) and {roles} role(s)",
+        "authenticated to {} as client {}; read a page of {users} user(s), {} role(s) and {groups} group(s)",
         config.api_url.as_str().trim_end_matches('/'),
-        config.client_id
+        config.client_id,
+        roles.len()
     ))
 }
 
@@ -1076,6 +1105,7 @@ fn empty_read(full: bool) -> SourceRead {
         removed: Vec::new(),
         rejected: Vec::new(),
         warnings: Vec::new(),
+        reasons: Default::default(),
         commit: SourceCommit::default(),
     }
 }

@@ -639,6 +639,20 @@ impl FakeGraph {
         ));
     }
 
+    /// Deletes a group (security groups are deleted at once): group delta reports it with
+    /// `@removed` and no member list; its memberships go with it.
+    pub fn delete_group(&self, id: &str) {
+        let mut inner = self.lock();
+        assert!(inner.groups.remove(id).is_some(), "no group {id}");
+        inner.record(Change::GroupDeleted(id.to_owned()));
+    }
+
+    /// From now on a manager change's `manager@delta` lists the new manager first and the old
+    /// one's `@removed` entry after it (Graph documents no order within the array).
+    pub fn list_old_manager_last(&self) {
+        self.lock().old_manager_last = true;
+    }
+
     /// Adds the user to the group (a `members@delta` addition).
     pub fn add_member(&self, group_id: &str, user_id: &str) {
         self.membership(group_id, user_id, true);
@@ -713,6 +727,14 @@ impl FakeGraph {
         inner.epoch += 1;
         inner.expiry_mode = mode;
         inner.rounds.clear();
+    }
+
+    /// The next `times` requests whose path starts with `path_prefix` get `status` with the
+    /// request quoted back, as a proxy or a misconfigured gateway may answer: 500 as a
+    /// plain-text page, others in Graph's error envelope (an AADSTS-style OAuth error on the
+    /// token endpoint) whose message quotes it.
+    pub fn echo_next(&self, path_prefix: &str, status: u16, times: usize) {
+        self.add_fault(path_prefix, FaultKind::Echo(status), times);
     }
 
     /// The next `times` requests whose path starts with `path_prefix` get `status` with Graph's
@@ -1062,6 +1084,7 @@ enum Change {
     UserHardDeleted(String),
     GroupCreated(String),
     GroupProps(String, Vec<String>),
+    GroupDeleted(String),
     GroupMember {
         group: String,
         user: String,
@@ -1175,6 +1198,8 @@ struct Round {
 #[derive(Clone, Debug)]
 enum FaultKind {
     Fail(u16),
+    /// Answer this status with the request quoted back (headers and body).
+    Echo(u16),
     Throttle(String),
     Unavailable(String),
     Delay(Duration),
@@ -1214,6 +1239,8 @@ struct Inner {
     next_round: u64,
     page_size: usize,
     replay: bool,
+    /// A manager change lists the old manager's `@removed` entry after the new manager.
+    old_manager_last: bool,
     last_sent: HashMap<Entity, String>,
     faults: Vec<Fault>,
     requests: Vec<RecordedRequest>,
@@ -1255,6 +1282,29 @@ impl Resp {
 type Params = Vec<(String, String)>;
 
 /// A query option by name, case-insensitively (`$select`, `$deltaToken`, …).
+fn echo_response(status: u16, login: bool, quoted: &str) -> Resp {
+    if status >= 500 {
+        return Resp {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: format!("upstream failed for the request:\n{quoted}").into_bytes(),
+        };
+    }
+    let body = if login {
+        json!({
+            "error": "invalid_client",
+            "error_description": format!("AADSTS7000215: Invalid request: {quoted}"),
+            "error_codes": [7000215],
+        })
+    } else {
+        json!({"error": {
+            "code": "InvalidAuthenticationToken",
+            "message": format!("Invalid request: {quoted}"),
+        }})
+    };
+    Resp::json(status, &body)
+}
+
 fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
     params
         .iter()
@@ -1326,6 +1376,7 @@ impl Inner {
             next_round: 0,
             page_size: DEFAULT_PAGE_SIZE,
             replay: false,
+            old_manager_last: false,
             last_sent: HashMap::new(),
             faults: Vec::new(),
             requests: Vec::new(),
@@ -1459,6 +1510,10 @@ impl Inner {
         let mut fault_resp = None;
         match self.take_fault(&path, true) {
             Some(FaultKind::Delay(d)) => delay = Some(d),
+            Some(FaultKind::Echo(status)) => {
+                let quoted = super::quote::quote_request(method.as_str(), uri, headers, body);
+                fault_resp = Some(echo_response(status, login, &quoted));
+            }
             Some(kind) => fault_resp = Some(self.fault_response(&kind, login)),
             None => {}
         }
@@ -1579,8 +1634,8 @@ impl Inner {
                 };
                 self.error(*status, code, message)
             }
-            FaultKind::Delay(_) | FaultKind::Truncate | FaultKind::Abort => {
-                unreachable!("not a replacing fault")
+            FaultKind::Delay(_) | FaultKind::Truncate | FaultKind::Abort | FaultKind::Echo(_) => {
+                unreachable!("not a replacing fault, or answered where the request is known")
             }
         }
     }
@@ -2954,10 +3009,14 @@ impl Inner {
             };
             if manager_changed {
                 let before = s.manager_before.clone().flatten();
-                item.insert(
-                    "manager@delta".into(),
-                    Inner::manager_delta(u.manager.as_deref(), before.as_deref()),
-                );
+                let value = match (u.manager.as_deref(), before.as_deref()) {
+                    (Some(new), Some(old)) if self.old_manager_last => json!([
+                        { "@odata.type": USER_TYPE, "id": new },
+                        { "@odata.type": USER_TYPE, "id": old, "@removed": { "reason": "deleted" } }
+                    ]),
+                    (new, old) => Inner::manager_delta(new, old),
+                };
+                item.insert("manager@delta".into(), value);
             }
             items.push(RoundItem::Ready(Value::Object(item)));
         }
@@ -2996,6 +3055,8 @@ impl Inner {
         let wanted = |id: &str| query.ids.as_ref().is_none_or(|ids| ids.contains(id));
         // (group id, properties, member references)
         let mut objects: Vec<(String, Map<String, Value>, Vec<Value>)> = Vec::new();
+        // Groups deleted in the window: `@removed`, without members.
+        let mut deleted: Vec<String> = Vec::new();
         let full = |id: &str, g: &GroupRec| {
             let members = g
                 .members
@@ -3029,6 +3090,12 @@ impl Inner {
                     let id = match change {
                         Change::GroupCreated(id) | Change::GroupProps(id, _) => id,
                         Change::GroupMember { group, .. } => group,
+                        Change::GroupDeleted(id) => {
+                            if wanted(id) && !self.groups.contains_key(id) {
+                                deleted.push(id.clone());
+                            }
+                            continue;
+                        }
                         _ => continue,
                     };
                     if !summaries.contains_key(id) {
@@ -3086,6 +3153,17 @@ impl Inner {
         }
         let size = self.page_size;
         let mut pages: Vec<Vec<Value>> = vec![Vec::new()];
+        deleted.sort();
+        deleted.dedup();
+        for id in deleted {
+            if pages.last().is_some_and(|page| page.len() >= size) {
+                pages.push(Vec::new());
+            }
+            pages
+                .last_mut()
+                .expect("one page at least")
+                .push(json!({ "id": id, "@removed": { "reason": "deleted" } }));
+        }
         for (_, props, members) in objects {
             let chunks: Vec<&[Value]> = if sel.members && !members.is_empty() {
                 members.chunks(size).collect()

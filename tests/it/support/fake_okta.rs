@@ -337,6 +337,43 @@ impl FakeOkta {
         inner.members.entry(id.to_owned()).or_default();
     }
 
+    /// Renames a group: its `profile.name` and `lastUpdated` change and `group.profile.update`
+    /// is logged with the group as target. Its members' `lastUpdated` does not change.
+    pub fn rename_group(&self, id: &str, name: &str) {
+        let mut inner = self.lock();
+        let now = inner.clock_ms;
+        let group = inner
+            .groups
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no group {id}"));
+        group.name = name.to_owned();
+        group.last_updated = now;
+        let target = group.target();
+        inner.log("group.profile.update", vec![target]);
+    }
+
+    /// Deletes a group with its memberships; `group.lifecycle.delete` is logged with the group
+    /// as target. Its members' `lastUpdated` does not change.
+    pub fn delete_group(&self, id: &str) {
+        let mut inner = self.lock();
+        let group = inner
+            .groups
+            .remove(id)
+            .unwrap_or_else(|| panic!("no group {id}"));
+        inner.members.remove(id);
+        inner.log("group.lifecycle.delete", vec![group.target()]);
+    }
+
+    /// Makes the last two events persisted in the other order than they were published, as
+    /// Okta documents a polling read may return them ("events are not guaranteed to be in
+    /// order by `published`").
+    pub fn persist_last_two_events_swapped(&self) {
+        let mut inner = self.lock();
+        let n = inner.events.len();
+        assert!(n >= 2, "fewer than two events");
+        inner.events.swap(n - 1, n - 2);
+    }
+
     /// Adds the user to the group. As in Okta, the user's `lastUpdated` does NOT change; the
     /// group's `lastMembershipUpdated` does, and `group.user_membership.add` is logged.
     pub fn add_member(&self, group_id: &str, user_id: &str) {
@@ -428,6 +465,14 @@ impl FakeOkta {
     /// error body).
     pub fn fail_next(&self, path_prefix: &str, status: u16, times: usize) {
         self.add_fault(path_prefix, FaultKind::Fail(status), times);
+    }
+
+    /// The next `times` requests whose path starts with `path_prefix` get `status` with the
+    /// request quoted back, as a proxy or a misconfigured gateway in front of Okta may answer:
+    /// 500 as a plain-text page, others as an Okta and OAuth error whose summary and
+    /// description quote it.
+    pub fn echo_next(&self, path_prefix: &str, status: u16, times: usize) {
+        self.add_fault(path_prefix, FaultKind::Echo(status), times);
     }
 
     /// The next `times` matching requests get 429 `E0000047` with `X-Rate-Limit-Remaining: 0`
@@ -766,6 +811,8 @@ struct Event {
 #[derive(Clone, Copy, Debug)]
 enum FaultKind {
     Fail(u16),
+    /// Answer this status with the request quoted back (headers and body).
+    Echo(u16),
     RateLimit(u64),
     Concurrent,
     Delay(Duration),
@@ -1075,6 +1122,10 @@ impl Inner {
         let mut fault_resp = None;
         match self.take_fault(&path, true) {
             Some(FaultKind::Fail(status)) => fault_resp = Some(fail_response(status)),
+            Some(FaultKind::Echo(status)) => {
+                let quoted = super::quote::quote_request(method.as_str(), uri, headers, body);
+                fault_resp = Some(echo_response(status, &quoted));
+            }
             Some(FaultKind::RateLimit(reset_in)) => {
                 fault_resp = Some(
                     self.error(429, "E0000047", TOO_MANY, &[])
@@ -2106,6 +2157,26 @@ fn assertion_key(pem: &str) -> Result<(DecodingKey, Vec<Algorithm>), ()> {
 }
 
 const TOO_MANY: &str = "API call exceeded rate limit due to too many requests.";
+
+fn echo_response(status: u16, quoted: &str) -> Resp {
+    if status >= 500 {
+        return Resp {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: format!("upstream failed for the request:\n{quoted}").into_bytes(),
+        };
+    }
+    Resp::json(
+        status,
+        &json!({
+            "errorCode": "E0000011",
+            "errorSummary": format!("Invalid request: {quoted}"),
+            "error": "invalid_client",
+            "error_description": format!("Invalid request: {quoted}"),
+            "errorCauses": [{"errorSummary": quoted}],
+        }),
+    )
+}
 
 fn fail_response(status: u16) -> Resp {
     match status {

@@ -104,6 +104,9 @@ enum Fault {
     /// Answered normally (to place a fault later in a sequence).
     Pass,
     Status(u16),
+    /// This status with the request quoted back (headers and body) in the error's message, as
+    /// a misconfigured gateway or proxy in front of OneLogin does.
+    Echo(u16),
     RateLimited {
         retry_after: Option<u64>,
     },
@@ -116,6 +119,8 @@ struct Inner {
     roles: BTreeMap<u64, String>,
     groups: BTreeMap<u64, String>,
     custom_fields: BTreeSet<String>,
+    /// The API credential's secret (default [`CLIENT_SECRET`]).
+    client_secret: String,
     tokens: BTreeMap<String, i64>,
     token_lifetime: i64,
     issued: usize,
@@ -161,6 +166,7 @@ impl FakeOneLogin {
             roles: BTreeMap::new(),
             groups: BTreeMap::new(),
             custom_fields: BTreeSet::new(),
+            client_secret: CLIENT_SECRET.to_owned(),
             tokens: BTreeMap::new(),
             token_lifetime: 36_000,
             issued: 0,
@@ -307,9 +313,20 @@ impl FakeOneLogin {
         self.lock().clock += seconds;
     }
 
+    /// Makes `secret` the API credential's secret (instead of [`CLIENT_SECRET`]).
+    pub fn set_client_secret(&self, secret: &str) {
+        self.lock().client_secret = secret.to_owned();
+    }
+
     /// The next `times` requests under `path_prefix` answer `status`.
     pub fn fail_next(&self, path_prefix: &str, status: u16, times: usize) {
         self.push_fault(path_prefix, Fault::Status(status), times);
+    }
+
+    /// The next `times` requests to `path_prefix` answer `status` with the request quoted back
+    /// in the message: its `Authorization` header, its body, and both base64-encoded.
+    pub fn echo_next(&self, path_prefix: &str, status: u16, times: usize) {
+        self.push_fault(path_prefix, Fault::Echo(status), times);
     }
 
     /// The next `times` requests under `path_prefix` answer 429 (with `Retry-After` if given).
@@ -346,7 +363,8 @@ impl FakeOneLogin {
 
     fn push_fault(&self, path_prefix: &str, fault: Fault, times: usize) {
         let mut inner = self.lock();
-        let queue: VecDeque<Fault> = std::iter::repeat_n(fault, times).collect();
+        // `usize::MAX` means every request: far more than any test sends.
+        let queue: VecDeque<Fault> = std::iter::repeat_n(fault, times.min(100_000)).collect();
         inner.faults.push((path_prefix.to_owned(), queue));
     }
 
@@ -446,6 +464,11 @@ impl Inner {
         let (status, value, extra) = match fault {
             Some(Fault::Status(status)) => {
                 let (status, value) = error_v2(status, "InternalServerError", "Injected failure");
+                (status, value, Vec::new())
+            }
+            Some(Fault::Echo(status)) => {
+                let quoted = super::quote::quote_request(method.as_str(), uri, headers, body);
+                let (status, value) = error_v2(status, "Echo", &quoted);
                 (status, value, Vec::new())
             }
             Some(Fault::RateLimited { retry_after }) => {
@@ -645,7 +668,7 @@ impl Inner {
         let Some((id, secret)) = from_basic.or(from_body) else {
             return error_v1(401, "Unauthorized", "Authentication Failure");
         };
-        if id != CLIENT_ID || secret != CLIENT_SECRET {
+        if id != CLIENT_ID || secret != self.client_secret {
             return error_v1(401, "Unauthorized", "Authentication Failure");
         }
         self.issued += 1;

@@ -37,6 +37,10 @@ pub enum FaultKind {
         headers: Vec<(&'static str, String)>,
         body: String,
     },
+    /// Answer this status without carrying the request out, quoting the request back (every
+    /// header, the token included, and the body) in the SCIM error's `detail`; 500 answers
+    /// it as a plain-text page.
+    Echo { status: u16 },
     /// Carry the request out, then hold the answer back this long.
     SlowAfterApply(Duration),
     /// Carry the request out, send the head and half the body, then break the connection.
@@ -294,6 +298,16 @@ async fn handle(AxumState(inner): AxumState<Arc<Mutex<ScimState>>>, request: Req
         {
             return respond(*status, headers, body.clone().into_bytes());
         }
+        if let Some(FaultKind::Echo { status }) = &fault {
+            let quoted =
+                super::quote::quote_request(&method, &parts.uri, &parts.headers, body.as_bytes());
+            let body = if *status >= 500 {
+                format!("upstream failed for the request:\n{quoted}")
+            } else {
+                scim_error(*status, None, Some(&format!("Invalid request: {quoted}"))).to_string()
+            };
+            return respond(*status, &[], body.into_bytes());
+        }
         let answer = if authorized {
             state.apply(&method, &path, &query, &body)
         } else {
@@ -348,7 +362,9 @@ async fn handle(AxumState(inner): AxumState<Arc<Mutex<ScimState>>>, request: Req
             };
             respond(status, &[], bytes)
         }
-        Some(FaultKind::Status { .. }) | None => respond(status, &[], json_body),
+        Some(FaultKind::Status { .. } | FaultKind::Echo { .. }) | None => {
+            respond(status, &[], json_body)
+        }
     }
 }
 

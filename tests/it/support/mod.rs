@@ -9,6 +9,7 @@ pub mod fake_okta;
 pub mod fake_onelogin;
 pub mod fake_scim;
 pub mod peer;
+pub mod quote;
 
 use std::path::{Path, PathBuf};
 
@@ -203,6 +204,16 @@ path = "state"
     /// Starts the binary with `args` in the background (for the daemon), the token in the
     /// environment, stdout and stderr captured to files in the workspace.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_with_env(args, &[])
+    }
+
+    /// [`Workspace::spawn`] with extra environment variables (for example `NOTIFY_SOCKET` and
+    /// `WATCHDOG_USEC`, as systemd sets them).
+    pub fn spawn_with_env(
+        &self,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> std::process::Child {
         std::fs::write(self.config_path(), self.config_text()).expect("write config");
         let log = |name: &str| std::fs::File::create(self.dir.path().join(name)).expect("log file");
         std::process::Command::new(assert_cmd::cargo::cargo_bin("socialtalent-sync"))
@@ -210,6 +221,10 @@ path = "state"
             .env(TOKEN_VAR, &self.peer.token)
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("RUNTIME_DIRECTORY")
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(self.config_path())
             .args(args)
