@@ -1,14 +1,19 @@
-//! Source-side benchmarks (`cargo bench --bench sources`): the Okta and Entra ID sources against
+//! Source-side benchmarks (`cargo bench --bench sources`): the Okta, Entra ID and OneLogin sources against
 //! the test suite's fakes (built from the vendors' documented behaviour) on 127.0.0.1.
 //!
 //! For each source:
 //! - `full read`: `source::read` of `BENCH_SOURCE_USERS` users (default 100,000), compared with a
 //!   plain reqwest client downloading the same pages one after the other (Okta: following the
-//!   `link: rel="next"` headers; Graph: following `@odata.nextLink`). Target: ≤ 1.5× the plain
+//!   `link: rel="next"` headers; Graph: following `@odata.nextLink`; OneLogin: `After-Cursor`
+//!   sent back as `cursor=`, 100 per page with the source's `fields`). Target: ≤ 1.5× the plain
 //!   download.
 //! - `incremental`: after the full read is committed to a state, 10 users change; the next read
-//!   is timed and its requests to the users endpoint counted. Targets: ≤ 3 (Okta) / ≤ 2 (Graph)
-//!   requests, under 1 s.
+//!   is timed and its requests to the users endpoint counted. Targets: ≤ 3 (Okta, OneLogin) /
+//!   ≤ 2 (Graph) requests, under 1 s. OneLogin's incremental read also re-reads the members of
+//!   the roles the `groups` globs select: here three "LP *" roles of 100 members each, and two
+//!   of the 10 changes are role assignments that do not move `updated_at`.
+//!
+//! `BENCH_SOURCES=okta,entra,onelogin` picks the sources to run (default: all).
 //!
 //! - `group rename`: a group holding a tenth of the users (10,000 of 100,000) is renamed; the
 //!   next incremental read is timed, its requests per user counted (target: none), and the
@@ -23,6 +28,8 @@
 mod fake_graph;
 #[path = "../tests/it/support/fake_okta.rs"]
 mod fake_okta;
+#[path = "../tests/it/support/fake_onelogin.rs"]
+mod fake_onelogin;
 #[path = "../tests/it/support/quote.rs"]
 mod quote;
 
@@ -37,6 +44,7 @@ use socialtalent_sync::state::State;
 
 use fake_graph::FakeGraph;
 use fake_okta::FakeOkta;
+use fake_onelogin::FakeOneLogin;
 
 fn line(name: &str, value: f64, unit: &str, target: &str, pass: Option<bool>) {
     let verdict = match pass {
@@ -406,6 +414,179 @@ async fn graph(users: usize, rounds: usize) {
     );
 }
 
+async fn onelogin(users: usize, rounds: usize) {
+    let onelogin = FakeOneLogin::start().await;
+    for role in 1..=3u64 {
+        onelogin.add_role(role, &format!("LP Path {role}"));
+    }
+    onelogin.add_role(9, "Everyone");
+    onelogin.add_group(1, "Staff");
+    for index in 0..users {
+        let id = 10_000_000 + index as u64;
+        // Three learning-path roles of 100 members each.
+        let lp = (index < 300).then(|| (index / 100) as u64 + 1);
+        let mut role_ids = vec![9];
+        role_ids.extend(lp);
+        onelogin.add_user(
+            id,
+            json!({
+                "username": format!("user{index}"), "email": format!("user{index}@example.com"),
+                "firstname": "Test", "lastname": format!("User {index}"), "department": "Sales",
+                "title": "Engineer", "role_ids": role_ids, "group_id": 1,
+                "manager_user_id": if index > 0 { Some(10_000_000) } else { None },
+                "custom_attributes": {"employeenumber": format!("E{index}"), "costcenter": "CC-1"},
+            }),
+        );
+    }
+    onelogin.advance_clock(3600);
+    // Three rounds of two full reads of 1,000 pages each exceed the default 5,000 an hour.
+    onelogin.set_rate_limit(1_000_000);
+    let config = config(&format!(
+        "[source]\nkind = \"onelogin\"\n[source.onelogin]\napi_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\ngroups = [\"LP *\"]\nemployee_id_attribute = \"employeenumber\"",
+        onelogin.url,
+        fake_onelogin::CLIENT_ID,
+        fake_onelogin::CLIENT_SECRET
+    ));
+    assert!(
+        matches!(config.source, SourceConfig::OneLogin(_)),
+        "a OneLogin configuration"
+    );
+
+    let mut ours = Vec::new();
+    let mut plain = Vec::new();
+    let mut last = None;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let read = source::read(&config.source, None, true)
+            .await
+            .expect("full read");
+        ours.push(started.elapsed().as_secs_f64());
+        assert_eq!(read.users.len(), users);
+        last = Some(read);
+
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let started = Instant::now();
+        let token: Value = client
+            .post(format!("{}/auth/oauth2/v2/token", onelogin.url))
+            .basic_auth(fake_onelogin::CLIENT_ID, Some(fake_onelogin::CLIENT_SECRET))
+            .json(&json!({"grant_type": "client_credentials"}))
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("token JSON");
+        let bearer = format!("Bearer {}", token["access_token"].as_str().expect("token"));
+        let first = format!(
+            "{}/api/2/users?limit=100&fields={}",
+            onelogin.url,
+            source::onelogin::FIELDS
+        );
+        let mut url = first.clone();
+        loop {
+            let response = client
+                .get(&url)
+                .header("Authorization", &bearer)
+                .send()
+                .await
+                .expect("page");
+            let next = response
+                .headers()
+                .get("after-cursor")
+                .and_then(|v| v.to_str().ok())
+                .map(|cursor| format!("{first}&cursor={cursor}"));
+            let _ = response.bytes().await.expect("body");
+            match next {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        for path in ["/api/2/roles?limit=100", "/api/1/groups"] {
+            let _ = client
+                .get(format!("{}{path}", onelogin.url))
+                .header("Authorization", &bearer)
+                .send()
+                .await
+                .expect("list")
+                .bytes()
+                .await;
+        }
+        plain.push(started.elapsed().as_secs_f64());
+    }
+    let (ours, plain) = (median(ours), median(plain));
+    line("onelogin full read (s)", ours, "s", "", None);
+    line(
+        "onelogin plain download of the same pages (s)",
+        plain,
+        "s",
+        "",
+        None,
+    );
+    line(
+        "onelogin full read / plain download",
+        ours / plain,
+        "ratio",
+        "<= 1.5",
+        Some(ours / plain <= 1.5),
+    );
+
+    // Incremental: 8 profile changes and 2 role assignments among all users.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("state");
+    state
+        .apply_source_commit(&last.expect("a read").commit)
+        .expect("commit");
+    onelogin.advance_clock(600);
+    for index in 0..8 {
+        onelogin.update_user(
+            10_000_000 + (index * 997 % users) as u64,
+            json!({"title": "Lead"}),
+        );
+    }
+    onelogin.assign_role(10_000_000 + (users as u64 - 1), 2);
+    onelogin.assign_role(10_000_000 + (users as u64 - 2), 3);
+    onelogin.advance_clock(60);
+    onelogin.clear_requests();
+    let started = Instant::now();
+    let read = source::read(&config.source, Some(&state), false)
+        .await
+        .expect("incremental read");
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = onelogin.count("/api/2/users");
+    assert!(!read.full);
+    line(
+        "onelogin incremental: users changed",
+        read.users.len() as f64,
+        "users",
+        "10",
+        Some(read.users.len() == 10),
+    );
+    line(
+        "onelogin incremental: requests to /api/2/users",
+        requests as f64,
+        "requests",
+        "<= 3",
+        Some(requests <= 3),
+    );
+    line(
+        "onelogin incremental: all requests",
+        onelogin.requests().len() as f64,
+        "requests",
+        "",
+        None,
+    );
+    line(
+        "onelogin incremental: time",
+        elapsed,
+        "s",
+        "< 1",
+        Some(elapsed < 1.0),
+    );
+}
+
 fn main() {
     let bench = std::env::args().any(|arg| arg == "--bench");
     let users = if bench {
@@ -436,9 +617,19 @@ fn main() {
     );
     runtime.block_on(async {
         let started = Instant::now();
-        okta(users, rounds).await;
-        okta_rename(users).await;
-        graph(users, rounds).await;
+        // BENCH_SOURCES=okta,entra,onelogin picks some (default: all).
+        let picked = std::env::var("BENCH_SOURCES").unwrap_or_default();
+        let runs = |name: &str| picked.is_empty() || picked.split(',').any(|p| p.trim() == name);
+        if runs("okta") {
+            okta(users, rounds).await;
+            okta_rename(users).await;
+        }
+        if runs("entra") {
+            graph(users, rounds).await;
+        }
+        if runs("onelogin") {
+            onelogin(users, rounds).await;
+        }
         line(
             "source benchmarks wall time",
             started.elapsed().as_secs_f64(),

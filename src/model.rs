@@ -33,6 +33,9 @@ pub enum SourceKind {
     Okta,
     /// Microsoft Entra ID through Microsoft Graph.
     Entra,
+    /// OneLogin's API v2.
+    #[serde(rename = "onelogin")]
+    OneLogin,
     /// A local JSON or CSV export.
     File,
 }
@@ -42,6 +45,7 @@ impl fmt::Display for SourceKind {
         f.write_str(match self {
             SourceKind::Okta => "okta",
             SourceKind::Entra => "entra",
+            SourceKind::OneLogin => "onelogin",
             SourceKind::File => "file",
         })
     }

@@ -137,6 +137,8 @@ pub enum SourceConfig {
     Okta(OktaConfig),
     /// `kind = "entra"`.
     Entra(EntraConfig),
+    /// `kind = "onelogin"`.
+    OneLogin(OneLoginConfig),
 }
 
 impl SourceConfig {
@@ -146,6 +148,7 @@ impl SourceConfig {
             SourceConfig::File(_) => SourceKind::File,
             SourceConfig::Okta(_) => SourceKind::Okta,
             SourceConfig::Entra(_) => SourceKind::Entra,
+            SourceConfig::OneLogin(_) => SourceKind::OneLogin,
         }
     }
 }
@@ -199,6 +202,25 @@ pub struct EntraConfig {
     pub graph_url: url::Url,
     /// The identity platform's base URL.
     pub login_url: url::Url,
+}
+
+/// `[source.onelogin]`.
+#[derive(Debug, Clone)]
+pub struct OneLoginConfig {
+    /// The account's API URL, for example `https://example.onelogin.com`.
+    pub api_url: url::Url,
+    /// The API credential's client id.
+    pub client_id: String,
+    /// The API credential's client secret.
+    pub client_secret: SecretSetting,
+    /// Role and group names or globs read into `user.groups`; empty means all.
+    pub groups: Vec<String>,
+    /// Whether status 2 (suspended) counts as active.
+    pub suspended_is_active: bool,
+    /// Whether status 0 (unactivated) counts as active.
+    pub unactivated_is_active: bool,
+    /// The custom attribute (short name) read as `user.employee_id`, if any.
+    pub employee_id_attribute: Option<String>,
 }
 
 /// How updates are sent.
@@ -456,6 +478,7 @@ impl Config {
                     secrets.push(&entra.client_secret);
                 }
             }
+            SourceConfig::OneLogin(onelogin) => secrets.push(&onelogin.client_secret),
         }
         secrets
     }
@@ -509,7 +532,7 @@ impl Validator<'_> {
             if matches!(source, Some(SourceConfig::File(_))) {
                 problems.push(self.error(
                     "writeback",
-                    "write-back needs an okta or entra source (the file source cannot be written to)",
+                    "write-back needs an okta, entra or onelogin source (the file source cannot be written to)",
                 ));
             }
         }
@@ -525,6 +548,20 @@ impl Validator<'_> {
                 .to_owned();
             if !entra.extra_attributes.contains(&head) {
                 entra.extra_attributes.push(head);
+            }
+        }
+        if let (Some(writeback), Some(SourceConfig::OneLogin(_))) = (&writeback, &source) {
+            // OneLogin writes custom attributes only; naming the path lets the write-back
+            // compare with the value the user object holds.
+            let short_name = writeback.attribute.strip_prefix("custom_attributes.");
+            if short_name.is_none_or(|name| name.is_empty() || name.contains('.')) {
+                problems.push(self.error(
+                    "writeback.attribute",
+                    format!(
+                        "OneLogin writes back into a custom attribute: give it as \"custom_attributes.<short name>\" (for example \"custom_attributes.{}\"), after creating it under Users → Custom User Fields",
+                        writeback.attribute.rsplit('.').next().unwrap_or("socialTalentId")
+                    ),
+                ));
             }
         }
         let mapping = keep(
@@ -687,9 +724,51 @@ impl Validator<'_> {
                     )?,
                 }))
             }
+            "onelogin" => {
+                let onelogin = raw.onelogin.ok_or_else(|| {
+                    self.error(
+                        "source.onelogin",
+                        "kind = \"onelogin\" needs a [source.onelogin] section",
+                    )
+                })?;
+                let client_secret = self.secret(
+                    "source.onelogin.client_secret",
+                    onelogin.client_secret,
+                    onelogin.client_secret_file,
+                )?;
+                if client_secret.source.is_none() {
+                    return Err(self.error(
+                        "source.onelogin",
+                        "give client_secret (or client_secret_file): the API credential's secret",
+                    ));
+                }
+                let groups = onelogin.groups.unwrap_or_default();
+                crate::source::groups::GroupFilter::new(&groups)
+                    .map_err(|message| self.error("source.onelogin.groups", message))?;
+                let employee_id_attribute = match onelogin.employee_id_attribute {
+                    Some(name) if name.trim().is_empty() => {
+                        return Err(self.error(
+                            "source.onelogin.employee_id_attribute",
+                            "must name a custom attribute (its short name), or be left out",
+                        ));
+                    }
+                    other => other,
+                };
+                Ok(SourceConfig::OneLogin(OneLoginConfig {
+                    api_url: self.url("source.onelogin.api_url", &onelogin.api_url)?,
+                    client_id: non_empty(self, "source.onelogin.client_id", onelogin.client_id)?,
+                    client_secret,
+                    groups,
+                    suspended_is_active: onelogin.suspended_is_active.unwrap_or(false),
+                    unactivated_is_active: onelogin.unactivated_is_active.unwrap_or(false),
+                    employee_id_attribute,
+                }))
+            }
             other => Err(self.error(
                 "source.kind",
-                format!("unknown source kind {other:?}; expected \"okta\", \"entra\" or \"file\""),
+                format!(
+                    "unknown source kind {other:?}; expected \"okta\", \"entra\", \"onelogin\" or \"file\""
+                ),
             )),
         }
     }

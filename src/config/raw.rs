@@ -41,6 +41,7 @@ pub(super) struct RawSource {
     pub kind: String,
     pub okta: Option<RawOkta>,
     pub entra: Option<RawEntra>,
+    pub onelogin: Option<RawOneLogin>,
     pub file: Option<RawFile>,
 }
 
@@ -70,6 +71,19 @@ pub(super) struct RawEntra {
     pub groups: Option<Vec<String>>,
     pub graph_url: Option<String>,
     pub login_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOneLogin {
+    pub api_url: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub groups: Option<Vec<String>>,
+    pub suspended_is_active: Option<bool>,
+    pub unactivated_is_active: Option<bool>,
+    pub employee_id_attribute: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

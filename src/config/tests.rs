@@ -696,6 +696,68 @@ fn okta_needs_exactly_one_credential() {
 }
 
 #[test]
+fn onelogin_section_is_read_with_its_defaults_and_checked() {
+    let onelogin = |extra: &str| {
+        base_with(
+            "kind = \"file\"",
+            &format!(
+                "kind = \"onelogin\"\n\n[source.onelogin]\napi_url = \"https://example.onelogin.com\"\nclient_id = \"abc\"\n{extra}"
+            ),
+        )
+    };
+    let config = valid(&onelogin(
+        "client_secret = \"${ST_SYNC_CONFIG_TEST_ONELOGIN}\"",
+    ));
+    let SourceConfig::OneLogin(source) = &config.source else {
+        unreachable!("a OneLogin source")
+    };
+    assert_eq!(config.source.kind(), crate::model::SourceKind::OneLogin);
+    assert!(!source.suspended_is_active && !source.unactivated_is_active);
+    assert_eq!(source.employee_id_attribute, None);
+    assert!(source.groups.is_empty());
+    let keys: Vec<&str> = config.secrets().iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["target.token", "source.onelogin.client_secret"]);
+
+    let config = valid(&onelogin(
+        "client_secret_file = \"ol-secret\"\ngroups = [\"LP *\"]\nsuspended_is_active = true\nunactivated_is_active = true\nemployee_id_attribute = \"employeenumber\"",
+    ));
+    let SourceConfig::OneLogin(source) = &config.source else {
+        unreachable!("a OneLogin source")
+    };
+    assert!(source.suspended_is_active && source.unactivated_is_active);
+    assert_eq!(
+        source.employee_id_attribute.as_deref(),
+        Some("employeenumber")
+    );
+
+    assert_eq!(invalid(&onelogin("")).key, "source.onelogin");
+    assert_eq!(
+        invalid(&onelogin("client_secret = \"${X}\"\ngroups = [\"LP [\"]")).key,
+        "source.onelogin.groups"
+    );
+    assert_eq!(
+        invalid(&onelogin("client_secret = \"${X}\"\ntenant = \"t\"")).key,
+        "source.onelogin.tenant"
+    );
+    let http = onelogin("client_secret = \"${X}\"").replace(
+        "https://example.onelogin.com",
+        "http://example.onelogin.com",
+    );
+    assert_eq!(invalid(&http).key, "source.onelogin.api_url");
+    // Write-back names the custom attribute by its path.
+    let writeback = |attribute: &str| {
+        onelogin("client_secret = \"${X}\"").replace(
+            "[mapping]",
+            &format!("[writeback]\nattribute = \"{attribute}\"\n\n[mapping]"),
+        )
+    };
+    valid(&writeback("custom_attributes.socialTalentId"));
+    let error = invalid(&writeback("socialTalentId"));
+    assert_eq!(error.key, "writeback.attribute");
+    assert!(error.to_string().contains("Custom User Fields"), "{error}");
+}
+
+#[test]
 fn secrets_never_appear_in_debug_output() {
     let text = base_with(
         "kind = \"file\"",

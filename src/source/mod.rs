@@ -6,6 +6,7 @@ pub mod entra;
 pub mod file;
 pub mod groups;
 pub mod okta;
+pub mod onelogin;
 
 use std::sync::Arc;
 
@@ -61,11 +62,12 @@ pub async fn read(
         }
         SourceConfig::Okta(okta) => okta::read(okta, state, full).await,
         SourceConfig::Entra(entra) => entra::read(entra, state, full).await,
+        SourceConfig::OneLogin(onelogin) => onelogin::read(onelogin, state, full).await,
     }
 }
 
 /// Whether [`read`] with these arguments reads the whole directory: the file source always
-/// does; Okta and Entra ID do when asked to, or when the state holds no cursor yet.
+/// does; Okta, Entra ID and OneLogin do when asked to, or when the state holds no cursor yet.
 pub fn reads_full(config: &SourceConfig, state: Option<&State>, full: bool) -> bool {
     let has = |key: &str| {
         state
@@ -78,6 +80,7 @@ pub fn reads_full(config: &SourceConfig, state: Option<&State>, full: bool) -> b
         SourceConfig::Entra(_) => {
             full || !has(entra::USERS_LINK_KEY) || !has(entra::GROUPS_LINK_KEY)
         }
+        SourceConfig::OneLogin(_) => full || !onelogin::has_cursors(state),
     }
 }
 
@@ -94,7 +97,8 @@ pub async fn read_one(
     match config {
         SourceConfig::Okta(okta) => okta::read_one(okta, state, wanted).await,
         SourceConfig::Entra(entra) => entra::read_one(entra, state, wanted).await,
-        _ => {
+        SourceConfig::OneLogin(onelogin) => onelogin::read_one(onelogin, wanted).await,
+        SourceConfig::File(_) => {
             let mut read = read(config, state, true).await?;
             let folded = wanted.to_lowercase();
             let found: Option<Arc<SourceUser>> = read
@@ -130,6 +134,8 @@ pub enum Writer {
     Okta(okta::client::OktaClient),
     /// Entra ID: `PATCH /v1.0/users/{id}`.
     Entra(entra::client::GraphClient),
+    /// OneLogin: `PUT /api/2/users/{id}` with `custom_attributes`.
+    OneLogin(onelogin::client::OneLoginClient),
 }
 
 impl Writer {
@@ -141,6 +147,7 @@ impl Writer {
         match config {
             SourceConfig::Okta(okta) => Ok(Writer::Okta(okta::client(okta)?)),
             SourceConfig::Entra(entra) => Ok(Writer::Entra(entra::client(entra)?)),
+            SourceConfig::OneLogin(onelogin) => Ok(Writer::OneLogin(onelogin::client(onelogin)?)),
             SourceConfig::File(_) => Err(SourceError::Unavailable {
                 kind: "file write-back".into(),
             }),
@@ -160,6 +167,9 @@ impl Writer {
         match self {
             Writer::Okta(client) => okta::write_attribute(client, idp_id, attribute, value).await,
             Writer::Entra(client) => entra::write_attribute(client, idp_id, attribute, value).await,
+            Writer::OneLogin(client) => {
+                onelogin::write_attribute(client, idp_id, attribute, value).await
+            }
         }
     }
 }
@@ -174,6 +184,7 @@ pub fn check_credentials(config: &SourceConfig) -> Result<(), SourceError> {
     match config {
         SourceConfig::Okta(okta) => okta::client(okta).map(drop),
         SourceConfig::Entra(entra) => entra::client(entra).map(drop),
+        SourceConfig::OneLogin(onelogin) => onelogin::client(onelogin).map(drop),
         SourceConfig::File(_) => Ok(()),
     }
 }
@@ -187,7 +198,8 @@ pub async fn check(config: &SourceConfig) -> Result<String, SourceError> {
     match config {
         SourceConfig::Okta(okta) => okta::check(okta).await,
         SourceConfig::Entra(entra) => entra::check(entra).await,
-        _ => {
+        SourceConfig::OneLogin(onelogin) => onelogin::check(onelogin).await,
+        SourceConfig::File(_) => {
             let read = read(config, None, true).await?;
             Ok(format!(
                 "read {} users ({} rejected)",

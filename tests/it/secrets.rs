@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::support::EXAMPLE_MAPPING;
 use crate::support::fake_graph::FakeGraph;
 use crate::support::fake_okta::{FakeOkta, TestKey};
+use crate::support::fake_onelogin::{CLIENT_ID as ONELOGIN_CLIENT_ID, FakeOneLogin};
 use crate::support::fake_scim::{FakeScim, FaultKind, scim_error};
 
 /// A recognisable secret: `SEKRET-<what>-<random>`.
@@ -1191,6 +1192,58 @@ async fn the_entra_edges_never_repeat_a_quoted_secret_assertion_or_token() {
                 status,
             );
             secrets.extend(graph_credentials(&graph));
+        }
+    }
+    evidence.assert_clean(&secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_onelogin_edges_never_repeat_a_quoted_secret_or_token() {
+    let scim_token = sekret("scim");
+    let fake = FakeScim::start_with_token(&scim_token).await;
+    let scim_line = "token = \"${SECRETS_TEST_SCIM}\"";
+    let mut evidence = Evidence::default();
+    let mut secrets = vec![scim_token.clone()];
+    for (index, (status, times)) in QUOTING.into_iter().enumerate() {
+        let delivery = DELIVERIES[index % DELIVERIES.len()];
+        for prefix in ["/auth/oauth2/", "/api/"] {
+            let onelogin = FakeOneLogin::start().await;
+            onelogin.add_role(10, "SocialTalent");
+            onelogin.add_user(
+                101,
+                json!({"username": "ana", "email": "ana@northwind.example", "firstname": "Ana",
+                       "lastname": "Li", "department": "Sales", "role_ids": [10]}),
+            );
+            let secret = sekret("onelogin");
+            secrets.push(secret.clone());
+            onelogin.set_client_secret(&secret);
+            onelogin.echo_next(prefix, status, times);
+            let place = Place::new();
+            let (line, mut env) = secret_line(&place, delivery, "client_secret", &secret);
+            env.push(("SECRETS_TEST_SCIM".into(), scim_token.clone()));
+            let source = format!(
+                "[source]\nkind = \"onelogin\"\n[source.onelogin]\napi_url = \"{}\"\nclient_id = \"{ONELOGIN_CLIENT_ID}\"\n{line}\n",
+                onelogin.url
+            );
+            let text = config(&source, &fake.base_url, scim_line, "");
+            run_quoted_case(
+                &mut evidence,
+                &place,
+                &format!("OneLogin {prefix} {status} {delivery:?}"),
+                &text,
+                &env_refs(&env),
+                status,
+            );
+            // The credentials sent: the Basic pair (base64 of id:secret) and every access token.
+            let sent: Vec<String> = onelogin
+                .requests()
+                .iter()
+                .filter_map(|request| request.authorization.as_deref())
+                .filter_map(|authorization| authorization.split_once(' '))
+                .map(|(_, credential)| credential.trim().to_owned())
+                .collect();
+            assert!(!sent.is_empty(), "OneLogin was asked");
+            secrets.extend(sent);
         }
     }
     evidence.assert_clean(&secrets);

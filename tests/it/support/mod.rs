@@ -6,6 +6,7 @@
 
 pub mod fake_graph;
 pub mod fake_okta;
+pub mod fake_onelogin;
 pub mod fake_scim;
 pub mod peer;
 pub mod quote;
