@@ -18,7 +18,7 @@ use crate::state::State;
 use crate::status::StatusReport;
 use crate::sync::{self, Mode, Options, Phase, Progress, Release, SyncError};
 
-/// Keeps SocialTalent's users in step with Okta or Microsoft Entra ID.
+/// Keeps SocialTalent's users in step with Okta, Microsoft Entra ID or OneLogin.
 #[derive(Debug, Parser)]
 #[command(name = "socialtalent-sync", version = crate::version::text(), about, long_about = None)]
 pub struct Cli {
