@@ -308,7 +308,10 @@ async fn a_retry_after_longer_than_fifteen_minutes_fails_at_once_naming_its_end(
     let error = client.create(&new_doc()).await.expect_err("not waited out");
 
     let message = error.to_string();
-    assert!(matches!(error, ScimError::Unavailable { status: 429, .. }), "{message}");
+    assert!(
+        matches!(error, ScimError::Unavailable { status: 429, .. }),
+        "{message}"
+    );
     assert!(message.contains("3600 s, until "), "{message}");
     assert!(message.contains("15 minutes"), "{message}");
     assert_eq!(retries(&client), 0);

@@ -1029,7 +1029,9 @@ fn rate_limit_threshold_and_reset() {
     // wait may last, naming it.
     headers.insert("x-rate-limit-reset", "1760000000".parse().expect("valid"));
     let rate = RateLimit::from_headers(&headers);
-    let far = rate.until_reset(&headers, now).expect("a reset in the future");
+    let far = rate
+        .until_reset(&headers, now)
+        .expect("a reset in the future");
     assert!(far > MAX_RATE_LIMIT_WAIT, "{far:?}");
 }
 
