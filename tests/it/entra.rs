@@ -428,3 +428,30 @@ async fn a_retry_after_longer_than_fifteen_minutes_fails_the_run_naming_its_end(
     );
     assert!(ws.peer.users().await.is_empty(), "nothing was written");
 }
+
+/// A soft-deleted user keeps its group memberships in Graph (for a restore), so a later change
+/// of one of its groups reaches it: it stays deactivated until it is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_change_does_not_bring_back_a_soft_deleted_user() {
+    let graph = tenant().await;
+    let ws = workspace(&graph);
+    ws.sync(&[], 0);
+    graph.soft_delete("u2");
+    assert_eq!(writes(&ws.sync(&[], 0)), pairs(&[("deactivate", "u2")]));
+    graph.rename_group("g2", "LP Welcome");
+    let renamed = ws.sync(&[], 0);
+    assert_eq!(writes(&renamed), vec![], "{renamed:#}");
+    graph.restore("u2");
+    let restored = ws.sync(&[], 0);
+    assert_eq!(
+        writes(&restored),
+        pairs(&[("reactivate", "u2")]),
+        "{restored:#}"
+    );
+    let zoe = ws
+        .peer
+        .user_by_name("zoe.odegard@contoso.example")
+        .await
+        .expect("reactivated");
+    assert_eq!(zoe[EXT_URN]["learningPaths"], json!(["Welcome"]));
+}

@@ -666,12 +666,19 @@ async fn read_incremental(
     let mut read = empty_read(false);
     let mut users: BTreeMap<String, SourceUser> = BTreeMap::new();
     let mut removed = Vec::new();
-    // Soft-deleted users stay in the cache (with their groups) so that a restore finds them.
+    // Soft-deleted users stay in the cache (with their groups) so that a restore finds them,
+    // marked inactive: Graph keeps their memberships, so a later change of one of their groups
+    // reaches them from the cache, and must not bring them back before a restore does.
     let mut gone = Vec::new();
+    let mut soft_deleted = Vec::new();
     for (id, delta) in deltas {
         if delta.removed {
             if delta.gone {
                 gone.push(IdpId(id.clone()));
+            } else if let Some(mut cached) = state.cached_source_user(&IdpId(id.clone()))? {
+                cached.active = false;
+                cached.status = Some("disabled".to_owned());
+                soft_deleted.push(Arc::new(cached));
             }
             removed.push(IdpId(id));
             continue;
@@ -783,7 +790,7 @@ async fn read_incremental(
             ),
         ],
         cache: CacheUpdate::Merge {
-            upsert: read.users.clone(),
+            upsert: read.users.iter().cloned().chain(soft_deleted).collect(),
             remove: gone,
         },
     };
