@@ -918,6 +918,7 @@ mod tests {
         state
             .apply_source_commit(&SourceCommit {
                 cursors: Vec::new(),
+                tables: Vec::new(),
                 cache: CacheUpdate::Replace(vec![user("00u1"), user("00u2")]),
             })
             .expect("cache");

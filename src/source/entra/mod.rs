@@ -571,6 +571,7 @@ async fn read_full(
                 Value::from(json_map(&group_names)).to_string(),
             ),
         ],
+        tables: Vec::new(),
         cache: CacheUpdate::Replace(read.users.clone()),
     };
     Ok(read)
@@ -789,6 +790,7 @@ async fn read_incremental(
                 Value::from(json_map(&group_names)).to_string(),
             ),
         ],
+        tables: Vec::new(),
         cache: CacheUpdate::Merge {
             upsert: read.users.iter().cloned().chain(soft_deleted).collect(),
             remove: gone,
