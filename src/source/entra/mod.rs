@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod membership;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
