@@ -12,12 +12,17 @@
 //!   ≤ 2 (Graph) requests, under 1 s. OneLogin's incremental read also re-reads the members of
 //!   the roles the `groups` globs select: here three "LP *" roles of 100 members each, and two
 //!   of the 10 changes are role assignments that do not move `updated_at`.
-//!
-//! `BENCH_SOURCES=okta,entra,onelogin` picks the sources to run (default: all).
-//!
 //! - `group rename`: a group holding a tenth of the users (10,000 of 100,000) is renamed; the
 //!   next incremental read is timed, its requests per user counted (target: none), and the
 //!   mapping and planning of the users it returns timed (target: ≤ 1 s).
+//! - `graph nested`: Entra ID with 2,000 groups of 50 members besides a group holding a tenth
+//!   of the users; that group is added to the selected group "SocialTalent" (10,000 users gain
+//!   it), then one user is added to it. Each incremental read is timed and its requests counted
+//!   (targets: one delta round each for users and groups, no request per user), and the
+//!   mapping and planning of the 10,000 timed (target: ≤ 1 s).
+//!
+//! `BENCH_ONLY=okta,okta-rename,graph,graph-nested,onelogin` runs the cases it names (default:
+//! all).
 //!
 //! It measures; it asserts nothing. One line per figure: `name value unit target PASS|MISS`.
 //! Under `cargo test --all-targets` (no `--bench` argument) it runs a 500-user smoke version.
@@ -39,6 +44,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use socialtalent_sync::config::{Config, SourceConfig};
+use socialtalent_sync::model::{CacheUpdate, SourceCommit};
 use socialtalent_sync::source;
 use socialtalent_sync::state::State;
 
@@ -617,17 +623,23 @@ fn main() {
     );
     runtime.block_on(async {
         let started = Instant::now();
-        // BENCH_SOURCES=okta,entra,onelogin picks some (default: all).
-        let picked = std::env::var("BENCH_SOURCES").unwrap_or_default();
-        let runs = |name: &str| picked.is_empty() || picked.split(',').any(|p| p.trim() == name);
-        if runs("okta") {
+        // BENCH_ONLY=okta,okta-rename,graph,graph-nested,onelogin picks cases (default: all).
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        let wanted =
+            |name: &str| only.is_empty() || only.split(',').any(|case| case.trim() == name);
+        if wanted("okta") {
             okta(users, rounds).await;
+        }
+        if wanted("okta-rename") {
             okta_rename(users).await;
         }
-        if runs("entra") {
+        if wanted("graph") {
             graph(users, rounds).await;
         }
-        if runs("onelogin") {
+        if wanted("graph-nested") {
+            graph_nested(users).await;
+        }
+        if wanted("onelogin") {
             onelogin(users, rounds).await;
         }
         line(
@@ -639,4 +651,196 @@ fn main() {
         );
     });
     line("load average (1 min) at end", load_average(), "", "", None);
+}
+
+/// Entra ID with nested groups: a group holding a tenth of the users joins the selected group
+/// (every one of its members gains "SocialTalent"), then one user joins that group. The reads
+/// find the users in the cached membership graph (no request per user).
+async fn graph_nested(users: usize) {
+    let graph = FakeGraph::start().await;
+    graph.register_app_secret("bench-app", "bench-secret");
+    graph.add_group("g-st", "SocialTalent");
+    graph.add_group("g-emea", "Sales EMEA");
+    let other_groups = 2_000;
+    for group in 0..other_groups {
+        graph.add_group(&format!("g{group:05}"), &format!("Team {group}"));
+    }
+    for index in 0..users {
+        let id = format!("u{index:08}");
+        let upn = format!("user{index}@contoso.example");
+        graph.add_user(
+            &id,
+            json!({"userPrincipalName": upn, "mail": upn, "givenName": "Given",
+                   "surname": format!("Family{index}"), "displayName": format!("User {index}"),
+                   "accountEnabled": true, "department": "Sales", "jobTitle": "Recruiter",
+                   "employeeId": index.to_string()}),
+        );
+        if index % 10 == 0 {
+            graph.add_member("g-emea", &id);
+        } else if index % 10 == 1 {
+            graph.add_member("g-st", &id);
+        }
+        // 2,000 teams of 50 (at 100,000 users), one team per user, some nested in others.
+        graph.add_member(&format!("g{:05}", index % other_groups), &id);
+    }
+    for group in (0..other_groups).step_by(10) {
+        graph.add_group_member(&format!("g{group:05}"), &format!("g{:05}", group + 1));
+    }
+    let text = format!(
+        "[source]\nkind = \"entra\"\n[source.entra]\ntenant_id = \"{}\"\nclient_id = \"bench-app\"\nclient_secret = \"bench-secret\"\ngraph_url = \"{url}\"\nlogin_url = \"{url}\"\ngroups = [\"SocialTalent\", \"LP *\"]\n[target]\nbase_url = \"http://127.0.0.1:9/v2\"\ntoken = \"unused\"\n[scope]\nwhen = \"'SocialTalent' in user.groups\"\n[mapping]\nuserName = \"{{{{ user.email }}}}\"\ncoreTeam = \"{{{{ user.department }}}}\"\nrole = \"user\"\n",
+        graph.tenant(),
+        url = graph.url
+    );
+    let config = Config::parse(Path::new("bench.toml"), &text).expect("a valid configuration");
+    let started = Instant::now();
+    let full = source::read(&config.source, None, true)
+        .await
+        .expect("full read");
+    line(
+        "graph nested: full read (s)",
+        started.elapsed().as_secs_f64(),
+        "s",
+        "",
+        None,
+    );
+    let in_scope = full
+        .users
+        .iter()
+        .filter(|user| user.groups.iter().any(|group| group == "SocialTalent"))
+        .count();
+    assert_eq!(in_scope, (0..users).filter(|index| index % 10 == 1).count());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("state");
+    // The commit in two parts: the source cache (every user, as before nested groups), then
+    // the membership graph and the cursors.
+    let started = Instant::now();
+    state
+        .apply_source_commit(&SourceCommit {
+            cache: full.commit.cache.clone(),
+            ..SourceCommit::default()
+        })
+        .expect("commit");
+    line(
+        "graph nested: full commit, users cache (s)",
+        started.elapsed().as_secs_f64(),
+        "s",
+        "",
+        None,
+    );
+    let started = Instant::now();
+    state
+        .apply_source_commit(&SourceCommit {
+            cache: CacheUpdate::Keep,
+            ..full.commit.clone()
+        })
+        .expect("commit");
+    line(
+        "graph nested: full commit, graph (s)",
+        started.elapsed().as_secs_f64(),
+        "s",
+        "",
+        None,
+    );
+
+    // "Sales EMEA" joins "SocialTalent": a tenth of the users gain it.
+    graph.add_group_member("g-st", "g-emea");
+    graph.clear_requests();
+    let started = Instant::now();
+    let read = source::read(&config.source, Some(&state), false)
+        .await
+        .expect("incremental read");
+    let read_time = started.elapsed().as_secs_f64();
+    assert!(!read.full);
+    let members = users.div_ceil(10);
+    let requests = graph.requests().len();
+    let per_user = graph
+        .requests()
+        .iter()
+        .filter(|request| {
+            request.path.starts_with("/v1.0/users/")
+                && !request.path.starts_with("/v1.0/users/delta")
+        })
+        .count();
+    line(
+        "graph nested: users regrouped",
+        read.users.len() as f64,
+        "users",
+        &members.to_string(),
+        Some(read.users.len() == members),
+    );
+    line(
+        "graph nested: requests (token + 2 deltas)",
+        requests as f64,
+        "requests",
+        "<= 3",
+        Some(requests <= 3),
+    );
+    line(
+        "graph nested: requests per user",
+        per_user as f64,
+        "requests",
+        "0",
+        Some(per_user == 0),
+    );
+    line(
+        "graph nested: incremental read (s)",
+        read_time,
+        "s",
+        "",
+        None,
+    );
+    let commit = read.commit.clone();
+    let started = Instant::now();
+    let planned =
+        socialtalent_sync::sync::plan_read(&config, Some(&state), read, &Default::default())
+            .expect("planned");
+    let plan_time = started.elapsed().as_secs_f64();
+    assert_eq!(planned.mapped.len(), members);
+    line(
+        "graph nested: mapping and planning",
+        plan_time,
+        "s",
+        "<= 1",
+        Some(plan_time <= 1.0),
+    );
+    let started = Instant::now();
+    state.apply_source_commit(&commit).expect("commit");
+    line(
+        "graph nested: incremental commit (s)",
+        started.elapsed().as_secs_f64(),
+        "s",
+        "",
+        None,
+    );
+
+    // One user joins the nested group: one user regrouped.
+    graph.add_member("g-emea", "u00000003");
+    graph.clear_requests();
+    let started = Instant::now();
+    let read = source::read(&config.source, Some(&state), false)
+        .await
+        .expect("incremental read");
+    let read_time = started.elapsed().as_secs_f64();
+    let requests = graph.requests().len();
+    line(
+        "graph nested: one user joins, users read",
+        read.users.len() as f64,
+        "users",
+        "1",
+        Some(read.users.len() == 1),
+    );
+    line(
+        "graph nested: one user joins, requests",
+        requests as f64,
+        "requests",
+        "<= 3",
+        Some(requests <= 3),
+    );
+    line(
+        "graph nested: one user joins, read (s)",
+        read_time,
+        "s",
+        "< 1",
+        Some(read_time < 1.0),
+    );
 }

@@ -452,8 +452,34 @@ pub struct SourceRead {
 pub struct SourceCommit {
     /// Cursor values by state key.
     pub cursors: Vec<(String, String)>,
+    /// Changes to the keyed tables the source keeps beside its cursors; applied before the
+    /// cursors.
+    pub tables: Vec<TableUpdate>,
     /// Changes to the source cache.
     pub cache: CacheUpdate,
+}
+
+/// A change to a table a source keeps in the state beside its cursors: entries under one key
+/// prefix, so that a read loads and rewrites only the entries it needs (Entra ID keeps each
+/// group's direct members this way). Keys are given without the prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableUpdate {
+    /// Exactly these entries (after a full read): every other entry under the prefix goes.
+    Replace {
+        /// The key prefix.
+        prefix: String,
+        /// The entries, by key after the prefix.
+        entries: Vec<(String, String)>,
+    },
+    /// Set these entries and remove those keys (after an incremental read).
+    Merge {
+        /// The key prefix.
+        prefix: String,
+        /// Entries set, by key after the prefix.
+        set: Vec<(String, String)>,
+        /// Keys removed (after the prefix).
+        remove: Vec<String>,
+    },
 }
 
 /// A change to the source cache.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     AccountStatus, Attributes, CacheUpdate, Digest, FailureRecord, IdpId, Keeping, KnownUser,
-    Snapshot, SourceCommit, SourceUser, UserRecord, attributes_digest,
+    Snapshot, SourceCommit, SourceUser, TableUpdate, UserRecord, attributes_digest,
 };
 use crate::plan::Summary;
 
@@ -666,7 +666,8 @@ impl State {
         Ok(members)
     }
 
-    /// Applies a source's commit: its cursors and its cache changes, in one batch per tree.
+    /// Applies a source's commit: its cache changes (one batch), its tables (one batch each),
+    /// then its cursors, so that a cursor never runs ahead of what it read.
     ///
     /// # Errors
     /// [`StateError::Storage`].
@@ -713,10 +714,57 @@ impl State {
                     .map_err(|e| self.storage(e))?;
             }
         }
+        for table in &commit.tables {
+            self.apply_table(table)?;
+        }
         for (key, value) in &commit.cursors {
             self.set_meta(key, value)?;
         }
         Ok(())
+    }
+
+    /// Applies one table change to the `meta` tree; an entry that holds the same value already
+    /// is not written again.
+    fn apply_table(&self, table: &TableUpdate) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        match table {
+            TableUpdate::Replace { prefix, entries } => {
+                let wanted: std::collections::HashMap<&[u8], &[u8]> = entries
+                    .iter()
+                    .map(|(key, value)| (key.as_bytes(), value.as_bytes()))
+                    .collect();
+                let mut unchanged = std::collections::HashSet::new();
+                for item in self.meta.scan_prefix(prefix.as_bytes()) {
+                    let (key, value) = item.map_err(|e| self.storage(e))?;
+                    let rest = &key[prefix.len()..];
+                    match wanted.get(rest) {
+                        Some(new) if *new == value.as_ref() => {
+                            unchanged.insert(rest.to_vec());
+                        }
+                        Some(_) => {}
+                        None => batch.remove(key),
+                    }
+                }
+                for (key, value) in entries {
+                    if !unchanged.contains(key.as_bytes()) {
+                        batch.insert(format!("{prefix}{key}").as_bytes(), value.as_bytes());
+                    }
+                }
+            }
+            TableUpdate::Merge {
+                prefix,
+                set,
+                remove,
+            } => {
+                for (key, value) in set {
+                    batch.insert(format!("{prefix}{key}").as_bytes(), value.as_bytes());
+                }
+                for key in remove {
+                    batch.remove(format!("{prefix}{key}").as_bytes());
+                }
+            }
+        }
+        self.meta.apply_batch(batch).map_err(|e| self.storage(e))
     }
 
     /// Writes everything to disk.

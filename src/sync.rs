@@ -998,12 +998,62 @@ mod tests {
     }
 
     #[test]
+    fn an_entra_state_without_a_fitting_membership_cache_is_read_in_full() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = State::open(dir.path()).expect("state");
+        let entra = |extra: &str| {
+            config(&format!(
+                "[source]\nkind = \"entra\"\n[source.entra]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\ngroups = [\"LP *\"]\n{extra}"
+            ))
+        };
+        let nested = entra("");
+        for key in [
+            source::entra::USERS_LINK_KEY,
+            source::entra::GROUPS_LINK_KEY,
+        ] {
+            state
+                .set_meta(key, "https://graph.example/delta")
+                .expect("meta");
+        }
+        assert!(
+            source::reads_full(&nested.source, Some(&state), false),
+            "delta links without the membership cache (an older version's state): full once"
+        );
+        state
+            .set_meta(
+                source::entra::GROUP_GRAPH_KEY,
+                r#"{"format":1,"nested_groups":true,"groups":["LP *"],"children":{}}"#,
+            )
+            .expect("meta");
+        assert!(!source::reads_full(&nested.source, Some(&state), false));
+        assert!(
+            source::reads_full(&entra("nested_groups = false").source, Some(&state), false),
+            "a cache read with the other setting"
+        );
+        assert!(
+            source::reads_full(&entra("").source, None, false),
+            "no state at all"
+        );
+        state
+            .set_meta(
+                source::entra::GROUP_GRAPH_KEY,
+                r#"{"format":1,"nested_groups":true,"groups":["SocialTalent"],"children":{}}"#,
+            )
+            .expect("meta");
+        assert!(
+            source::reads_full(&nested.source, Some(&state), false),
+            "a cache read with other globs"
+        );
+    }
+
+    #[test]
     fn a_failed_writeback_is_retried_by_the_next_incremental_run() {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = State::open(dir.path()).expect("state");
         state
             .apply_source_commit(&SourceCommit {
                 cursors: Vec::new(),
+                tables: Vec::new(),
                 cache: CacheUpdate::Replace(vec![user("00u1"), user("00u2")]),
             })
             .expect("cache");

@@ -198,6 +198,9 @@ pub struct EntraConfig {
     pub extra_attributes: Vec<String>,
     /// Group names or globs whose membership is read; empty means all.
     pub groups: Vec<String>,
+    /// Whether membership is transitive: a user is in every group above its direct groups
+    /// through any chain of child groups (default), or in its direct groups only.
+    pub nested_groups: bool,
     /// Microsoft Graph's base URL.
     pub graph_url: url::Url,
     /// The identity platform's base URL.
@@ -708,6 +711,7 @@ impl Validator<'_> {
                     private_key,
                     extra_attributes: entra.extra_attributes.unwrap_or_default(),
                     groups,
+                    nested_groups: entra.nested_groups.unwrap_or(true),
                     graph_url: self.url(
                         "source.entra.graph_url",
                         entra

@@ -69,6 +69,7 @@ pub(super) struct RawEntra {
     pub private_key_file: Option<String>,
     pub extra_attributes: Option<Vec<String>>,
     pub groups: Option<Vec<String>>,
+    pub nested_groups: Option<bool>,
     pub graph_url: Option<String>,
     pub login_url: Option<String>,
 }

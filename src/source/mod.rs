@@ -77,8 +77,10 @@ pub fn reads_full(config: &SourceConfig, state: Option<&State>, full: bool) -> b
     match config {
         SourceConfig::File(_) => true,
         SourceConfig::Okta(_) => full || !has(okta::WATERMARK_KEY) || !has(okta::GROUP_NAMES_KEY),
-        SourceConfig::Entra(_) => {
-            full || !has(entra::USERS_LINK_KEY) || !has(entra::GROUPS_LINK_KEY)
+        SourceConfig::Entra(entra) => {
+            full || !has(entra::USERS_LINK_KEY)
+                || !has(entra::GROUPS_LINK_KEY)
+                || !state.is_some_and(|state| entra::cache_fits(entra, state))
         }
         SourceConfig::OneLogin(_) => full || !onelogin::has_cursors(state),
     }

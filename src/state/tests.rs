@@ -448,3 +448,67 @@ fn run_records_are_scrubbed_on_the_way_out_of_secrets_learnt_later() {
         "{runs:?}"
     );
 }
+
+#[test]
+fn a_table_is_replaced_or_merged_under_its_prefix_before_the_cursors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = State::open(dir.path()).expect("state");
+    state.set_meta("t.other", "kept").expect("meta");
+    let table = |prefix: &str| -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        for item in state.meta.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = item.expect("entry");
+            found.push((
+                String::from_utf8_lossy(&key).into_owned(),
+                String::from_utf8_lossy(&value).into_owned(),
+            ));
+        }
+        found
+    };
+    let pair = |key: &str, value: &str| (key.to_owned(), value.to_owned());
+    state
+        .apply_source_commit(&SourceCommit {
+            cursors: vec![pair("t.link", "1")],
+            tables: vec![TableUpdate::Replace {
+                prefix: "t.g.".into(),
+                entries: vec![pair("a", "[1]"), pair("b", "[2]")],
+            }],
+            cache: CacheUpdate::Keep,
+        })
+        .expect("commit");
+    state
+        .apply_source_commit(&SourceCommit {
+            cursors: vec![pair("t.link", "2")],
+            tables: vec![TableUpdate::Merge {
+                prefix: "t.g.".into(),
+                set: vec![pair("c", "[3]"), pair("a", "[1,4]")],
+                remove: vec!["b".into()],
+            }],
+            cache: CacheUpdate::Keep,
+        })
+        .expect("commit");
+    assert_eq!(
+        table("t.g."),
+        vec![pair("t.g.a", "[1,4]"), pair("t.g.c", "[3]")]
+    );
+    // A full read's replacement drops what it does not name, under its prefix only.
+    state
+        .apply_source_commit(&SourceCommit {
+            cursors: Vec::new(),
+            tables: vec![TableUpdate::Replace {
+                prefix: "t.g.".into(),
+                entries: vec![pair("c", "[3]"), pair("d", "[5]")],
+            }],
+            cache: CacheUpdate::Keep,
+        })
+        .expect("commit");
+    assert_eq!(
+        table("t."),
+        vec![
+            pair("t.g.c", "[3]"),
+            pair("t.g.d", "[5]"),
+            pair("t.link", "2"),
+            pair("t.other", "kept"),
+        ]
+    );
+}

@@ -754,6 +754,111 @@ async fn group_delta_members_and_group_reads() {
     );
 }
 
+/// Nested groups (B5): a group's members are directory objects, groups among them; group delta
+/// lists them in `members@delta` with `#microsoft.graph.group`, additions and `@removed`
+/// removals alike; `memberOf` stays direct, `transitiveMemberOf` follows every chain and ends
+/// on a cycle.
+#[tokio::test(flavor = "multi_thread")]
+async fn nested_groups_in_group_delta_and_transitive_member_of() {
+    let fake = FakeGraph::start().await;
+    let token = fake.issue_token();
+    fake.add_user("u1", person("Ann", "Smith"));
+    fake.add_user("u2", person("Bob", "Smith"));
+    fake.add_group("g1", "SocialTalent");
+    fake.add_group("g2", "Sales EMEA");
+    fake.add_group("g3", "Sales Dublin");
+    fake.add_member("g1", "u1");
+    fake.add_member("g3", "u2");
+    fake.add_group_member("g1", "g2");
+    fake.add_group_member("g2", "g3");
+
+    let first = format!("{}/v1.0/groups/delta?$select=displayName,members", fake.url);
+    let (pages, link) = delta_round(&first, &token, &[]).await;
+    let items = all_items(&pages);
+    assert_eq!(
+        items[0]["members@delta"],
+        json!([
+            { "@odata.type": "#microsoft.graph.user", "id": "u1" },
+            { "@odata.type": "#microsoft.graph.group", "id": "g2" },
+        ])
+    );
+    assert_eq!(
+        items[1]["members@delta"],
+        json!([{ "@odata.type": "#microsoft.graph.group", "id": "g3" }])
+    );
+
+    // memberOf is direct; transitiveMemberOf climbs the chain.
+    let got = get(&fake, &token, "/v1.0/users/u2/memberOf?$select=id").await;
+    assert_eq!(ids(&got.body), ["g3"]);
+    let got = get(
+        &fake,
+        &token,
+        "/v1.0/users/u2/transitiveMemberOf?$select=id,displayName",
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(ids(&got.body), ["g1", "g2", "g3"]);
+    assert_eq!(
+        got.body["value"][1]["@odata.type"],
+        "#microsoft.graph.group"
+    );
+    assert_eq!(got.body["value"][1]["displayName"], "Sales EMEA");
+    let got = get(&fake, &token, "/v1.0/users/u2/transitiveMemberOf?$top=2").await;
+    assert_eq!(ids(&got.body), ["g1", "g2"]);
+    let next = got.body["@odata.nextLink"]
+        .as_str()
+        .expect("next")
+        .to_owned();
+    assert_eq!(ids(&get_with(&next, &token, &[]).await.body), ["g3"]);
+    // /groups/{id}/members lists users and groups, not expanded.
+    let got = get(&fake, &token, "/v1.0/groups/g1/members?$select=id").await;
+    assert_eq!(
+        got.body["value"],
+        json!([
+            { "@odata.type": "#microsoft.graph.group", "id": "g2" },
+            { "@odata.type": "#microsoft.graph.user", "id": "u1" },
+        ])
+    );
+
+    // A cycle: g1 in g3 as well. transitiveMemberOf ends.
+    fake.add_group_member("g3", "g1");
+    let got = get(
+        &fake,
+        &token,
+        "/v1.0/users/u1/transitiveMemberOf?$select=id",
+    )
+    .await;
+    assert_eq!(ids(&got.body), ["g1", "g2", "g3"]);
+    assert_eq!(fake.transitive_groups("u2"), ["g1", "g2", "g3"]);
+
+    // Later rounds: a nested group added and removed, as the net difference.
+    fake.remove_group_member("g2", "g3");
+    let (pages, link) = delta_round(&link, &token, &[]).await;
+    assert_eq!(
+        all_items(&pages),
+        [
+            json!({ "id": "g3", "members@delta": [{ "@odata.type": "#microsoft.graph.group", "id": "g1" }] }),
+            json!({ "id": "g2", "members@delta": [{
+                "@odata.type": "#microsoft.graph.group", "id": "g3", "@removed": { "reason": "deleted" }
+            }] }),
+        ]
+    );
+    // A deleted group: `@removed`, and its parent reports it gone from its members.
+    fake.delete_group("g2");
+    let (pages, _) = delta_round(&link, &token, &[]).await;
+    assert_eq!(
+        all_items(&pages),
+        [
+            json!({ "id": "g2", "@removed": { "reason": "deleted" } }),
+            json!({ "id": "g1", "members@delta": [{
+                "@odata.type": "#microsoft.graph.group", "id": "g2", "@removed": { "reason": "deleted" }
+            }] }),
+        ]
+    );
+    assert_eq!(fake.transitive_groups("u1"), ["g1", "g3"]);
+    assert_eq!(fake.transitive_groups("u2"), ["g3"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_delta_tokens_in_both_forms() {
     let fake = FakeGraph::start().await;

@@ -1,8 +1,9 @@
 //! Incremental reads keep `user.groups` exactly as a full read would make them, whatever group
 //! changes come in between: random sequences of memberships added and removed, groups created,
 //! renamed (into and out of the `groups` filter) and deleted, against the fake Okta and the fake
-//! Microsoft Graph. After each incremental read is committed, every user's cached `groups` must
-//! equal what a fresh full read gives.
+//! Microsoft Graph; for Graph also groups added to and removed from other groups (nested
+//! groups, cycles included), with `nested_groups` on and off. After each incremental read is
+//! committed, every user's cached `groups` must equal what a fresh full read gives.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,15 +23,44 @@ use crate::support::fake_okta::FakeOkta;
 const USERS: usize = 12;
 const STEPS: usize = 6;
 const SEEDS: u64 = 8;
+/// Entra ID draws from more kinds of edits (links between groups, cycles), so more seeds.
+const ENTRA_SEEDS: u64 = 24;
 
 /// One change to the directory's groups.
 #[derive(Debug, Clone)]
 enum Edit {
-    Add { group: usize, user: usize },
-    Remove { group: usize, user: usize },
-    Create { group: usize },
-    Rename { group: usize },
-    Delete { group: usize },
+    Add {
+        group: usize,
+        user: usize,
+    },
+    Remove {
+        group: usize,
+        user: usize,
+    },
+    Create {
+        group: usize,
+    },
+    Rename {
+        group: usize,
+    },
+    Delete {
+        group: usize,
+    },
+    /// The group `child` becomes a member of the group `parent` (Entra ID only).
+    Nest {
+        parent: usize,
+        child: usize,
+    },
+    /// The group `child` leaves the members of the group `parent` (Entra ID only).
+    Unnest {
+        parent: usize,
+        child: usize,
+    },
+    /// Each of the two groups becomes a member of the other (Entra ID only).
+    Cycle {
+        a: usize,
+        b: usize,
+    },
 }
 
 /// The groups the model thinks exist (index → name), to draw only edits that apply.
@@ -82,6 +112,37 @@ impl Model {
                 let prefix = if rng.random_bool(0.5) { "LP" } else { "Other" };
                 self.groups.insert(group, format!("{prefix} New {group}"));
                 Edit::Create { group }
+            }
+        }
+    }
+
+    /// A random edit that applies to the current groups, links between groups included: half
+    /// of the time a group added to or removed from another, two groups made members of each
+    /// other, or a group deleted while it has links.
+    fn draw_nested(&mut self, rng: &mut StdRng) -> Edit {
+        let existing: Vec<usize> = self.groups.keys().copied().collect();
+        if existing.len() < 2 || rng.random_bool(0.5) {
+            return self.draw(rng);
+        }
+        let first = existing[rng.random_range(0..existing.len())];
+        let others: Vec<usize> = existing.into_iter().filter(|g| *g != first).collect();
+        let second = others[rng.random_range(0..others.len())];
+        match rng.random_range(0..6) {
+            0..=1 => Edit::Nest {
+                parent: first,
+                child: second,
+            },
+            2 => Edit::Unnest {
+                parent: first,
+                child: second,
+            },
+            3..=4 => Edit::Cycle {
+                a: first,
+                b: second,
+            },
+            _ => {
+                self.groups.remove(&first);
+                Edit::Delete { group: first }
             }
         }
     }
@@ -154,6 +215,9 @@ async fn okta_incremental_reads_keep_groups_as_a_full_read_makes_them() {
                     Edit::Create { group } => okta.add_group(&id(group), &model.groups[&group]),
                     Edit::Rename { group } => okta.rename_group(&id(group), &model.groups[&group]),
                     Edit::Delete { group } => okta.delete_group(&id(group)),
+                    Edit::Nest { .. } | Edit::Unnest { .. } | Edit::Cycle { .. } => {
+                        unreachable!("drawn for Entra ID only")
+                    }
                 }
                 okta.advance_clock(rng.random_range(1..20));
             }
@@ -185,7 +249,9 @@ const SECRET: &str = "graph-client-secret-value";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entra_incremental_reads_keep_groups_as_a_full_read_makes_them() {
-    for seed in 0..SEEDS {
+    for seed in 0..ENTRA_SEEDS {
+        // Most seeds flatten nested groups (the default); every fourth reads direct members only.
+        let nested = seed % 4 != 3;
         let graph = FakeGraph::start().await;
         graph.register_app_secret(CLIENT_ID, SECRET);
         let ids: Vec<String> = (0..USERS).map(|i| format!("u{i:04}")).collect();
@@ -202,7 +268,7 @@ async fn entra_incremental_reads_keep_groups_as_a_full_read_makes_them() {
             graph.add_group(&format!("g{group:04}"), name);
         }
         let config = config(&format!(
-            "[source]\nkind = \"entra\"\n[source.entra]\ntenant_id = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{SECRET}\"\ngraph_url = \"{url}\"\nlogin_url = \"{url}\"\ngroups = [\"LP *\"]",
+            "[source]\nkind = \"entra\"\n[source.entra]\ntenant_id = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{SECRET}\"\ngraph_url = \"{url}\"\nlogin_url = \"{url}\"\ngroups = [\"LP *\"]\nnested_groups = {nested}",
             graph.tenant(),
             url = graph.url
         ));
@@ -217,7 +283,7 @@ async fn entra_incremental_reads_keep_groups_as_a_full_read_makes_them() {
         let mut history = Vec::new();
         for _ in 0..STEPS {
             for _ in 0..rng.random_range(1..4) {
-                let edit = model.draw(&mut rng);
+                let edit = model.draw_nested(&mut rng);
                 history.push(edit.clone());
                 let id = |group: usize| format!("g{group:04}");
                 match edit {
@@ -226,6 +292,14 @@ async fn entra_incremental_reads_keep_groups_as_a_full_read_makes_them() {
                     Edit::Create { group } => graph.add_group(&id(group), &model.groups[&group]),
                     Edit::Rename { group } => graph.rename_group(&id(group), &model.groups[&group]),
                     Edit::Delete { group } => graph.delete_group(&id(group)),
+                    Edit::Nest { parent, child } => graph.add_group_member(&id(parent), &id(child)),
+                    Edit::Unnest { parent, child } => {
+                        graph.remove_group_member(&id(parent), &id(child));
+                    }
+                    Edit::Cycle { a, b } => {
+                        graph.add_group_member(&id(a), &id(b));
+                        graph.add_group_member(&id(b), &id(a));
+                    }
                 }
             }
             let read = source::read(&config.source, Some(&state), false)
@@ -244,7 +318,7 @@ async fn entra_incremental_reads_keep_groups_as_a_full_read_makes_them() {
             assert_eq!(
                 cached_groups(&state, &ids),
                 expected,
-                "seed {seed}, after {history:?}"
+                "seed {seed}, nested_groups = {nested}, after {history:?}"
             );
         }
     }

@@ -7,24 +7,37 @@
 //! state. An expired delta link (`400 syncStateNotFound`, `410 Gone`) falls back to a full read,
 //! which the planner matches against the state, so nothing is created twice. Only this module
 //! and its children know Graph's JSON.
+//!
+//! Group membership is kept in the state as a graph of ids, for every group the groups delta
+//! returns ([`membership`]): each group's direct user members (one key per group under
+//! [`GROUP_MEMBERS_PREFIX`]) and child groups (in [`GROUP_GRAPH_KEY`], with the settings it was
+//! read with), and the names by id ([`GROUP_NAMES_KEY`]). With `nested_groups` (the default) a
+//! user's `groups` are the selected names of every group it is in directly or through child
+//! groups, whether or not the globs select those; an incremental read applies a round's
+//! `members@delta` (users and groups), renames and deletions to the graph and recomputes the
+//! users they reach, from the cache, with the change as the reason. A state without that cache
+//! (an older version's) or built with other settings is read in full once.
 
 pub mod auth;
 pub mod client;
+pub mod membership;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use self::auth::GraphAuth;
 use self::client::{GraphClient, GraphError};
+use self::membership::{Children, Nesting};
 use super::SourceError;
 use super::groups::GroupFilter;
 use crate::config::EntraConfig;
 use crate::model::{
     Attrs, CacheUpdate, IdpId, ManagerRef, RejectedRecord, SourceCommit, SourceKind, SourceRead,
-    SourceUser,
+    SourceUser, TableUpdate,
 };
 use crate::state::{State, StateError};
 
@@ -35,6 +48,16 @@ pub const GROUPS_LINK_KEY: &str = "entra.groups_delta_link";
 /// The state key of the known groups (id → display name, JSON), because a later groups delta
 /// may name a changed group by id only.
 pub const GROUP_NAMES_KEY: &str = "entra.group_names";
+/// The state key of the membership graph's header (JSON): its format, the `nested_groups` and
+/// `groups` settings it was read with, and every group's child groups (id → ids). Without it,
+/// or with other settings, the next read is full.
+pub const GROUP_GRAPH_KEY: &str = "entra.group_graph";
+/// The prefix of the state keys that hold each group's direct user members (the group's id
+/// follows; a JSON array of user ids, sorted; groups without user members have none).
+pub const GROUP_MEMBERS_PREFIX: &str = "entra.group_members.";
+/// The format of the membership cache; a version that changes what it holds bumps it, which
+/// forces one full read.
+const GROUP_GRAPH_FORMAT: u32 = 1;
 /// The properties every read selects (the model's fields); `extra_attributes` are added.
 pub const BASE_SELECT: [&str; 10] = [
     "id",
@@ -103,17 +126,27 @@ pub async fn read(
 ) -> Result<SourceRead, SourceError> {
     let filter = group_filter(config)?;
     let client = client(config)?;
+    let mut unfit_cache = false;
     let links = match state {
         Some(state) if !full => match (state.meta(USERS_LINK_KEY)?, state.meta(GROUPS_LINK_KEY)?) {
-            (Some(users), Some(groups)) => Some((users, groups)),
+            (Some(users), Some(groups)) => match fitting_header(config, state)? {
+                Some(header) => Some(Links {
+                    users,
+                    groups,
+                    header,
+                }),
+                None => {
+                    unfit_cache = true;
+                    None
+                }
+            },
             _ => None,
         },
         _ => None,
     };
     let outcome = match (links, state) {
-        (Some((users_link, groups_link)), Some(state)) => {
-            match read_incremental(&client, config, &filter, state, &users_link, &groups_link).await
-            {
+        (Some(links), Some(state)) => {
+            match read_incremental(&client, config, &filter, state, links).await {
                 // An expired link, or one that no longer fits `graph_url`: start over in full;
                 // the planner matches the full read against the state, so nothing is created
                 // twice.
@@ -135,6 +168,15 @@ pub async fn read(
                 other => other,
             }
         }
+        // A state without the membership cache (written by an older version), or with one
+        // read with other `groups` or `nested_groups` settings: one full read rebuilds it.
+        _ if unfit_cache => read_full(&client, config, &filter).await.map(|mut read| {
+            read.warnings.push(
+                "the state held no Entra ID group membership cache for the current `groups` and `nested_groups` settings (an older version's state, or changed settings); this run read Entra ID in full"
+                    .into(),
+            );
+            read
+        }),
         _ => read_full(&client, config, &filter).await,
     };
     outcome.map_err(|error| match error {
@@ -211,11 +253,18 @@ pub async fn read_one(
             user.manager = Some(manager.as_manager());
         }
     }
+    // `transitiveMemberOf` lists the groups above the user's groups too (cycles end on Graph's
+    // side); `memberOf` only the direct ones.
+    let relationship = if config.nested_groups {
+        "transitiveMemberOf"
+    } else {
+        "memberOf"
+    };
     let mut groups = Vec::new();
     client
         .get_pages(
             &format!(
-                "/v1.0/users/{}/memberOf?$select=id,displayName",
+                "/v1.0/users/{}/{relationship}?$select=id,displayName",
                 encode(&user.id.0)
             ),
             |items| {
@@ -235,6 +284,7 @@ pub async fn read_one(
         .map(str::to_owned)
         .collect();
     user.groups.sort();
+    user.groups.dedup();
     Ok(Some(SourceRead {
         kind: SourceKind::Entra,
         full: false,
@@ -442,9 +492,32 @@ fn collect_user_deltas(items: Vec<Value>, deltas: &mut BTreeMap<String, UserDelt
 #[derive(Debug, Clone, Default)]
 struct GroupDelta {
     name: Option<String>,
+    /// User members added.
     added: BTreeSet<String>,
+    /// User members removed.
     removed_members: BTreeSet<String>,
+    /// Child groups added (members of type `#microsoft.graph.group`).
+    added_groups: BTreeSet<String>,
+    /// Child groups removed.
+    removed_groups: BTreeSet<String>,
     removed: bool,
+}
+
+/// What a `members@delta` item is: Graph lists every kind of directory object; users and
+/// groups count (an item without a type is taken as a user, as Graph's older examples show).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberKind {
+    User,
+    Group,
+    Other,
+}
+
+fn member_kind(member: &Value) -> MemberKind {
+    match member.get("@odata.type").and_then(Value::as_str) {
+        None | Some("#microsoft.graph.user") => MemberKind::User,
+        Some("#microsoft.graph.group") => MemberKind::Group,
+        Some(_) => MemberKind::Other,
+    }
 }
 
 fn collect_group_deltas(items: Vec<Value>, deltas: &mut BTreeMap<String, GroupDelta>) {
@@ -469,22 +542,87 @@ fn collect_group_deltas(items: Vec<Value>, deltas: &mut BTreeMap<String, GroupDe
             let Some(member_id) = member.get("id").and_then(Value::as_str) else {
                 continue;
             };
-            let is_user = member
-                .get("@odata.type")
-                .and_then(Value::as_str)
-                .is_none_or(|kind| kind == "#microsoft.graph.user");
-            if !is_user {
-                continue;
-            }
+            let (added, removed) = match member_kind(member) {
+                MemberKind::User => (&mut delta.added, &mut delta.removed_members),
+                MemberKind::Group => (&mut delta.added_groups, &mut delta.removed_groups),
+                MemberKind::Other => continue,
+            };
             if member.get("@removed").is_some() {
-                delta.added.remove(member_id);
-                delta.removed_members.insert(member_id.to_owned());
+                added.remove(member_id);
+                removed.insert(member_id.to_owned());
             } else {
-                delta.removed_members.remove(member_id);
-                delta.added.insert(member_id.to_owned());
+                removed.remove(member_id);
+                added.insert(member_id.to_owned());
             }
         }
     }
+}
+
+/// What the membership cache was built with, and every group's child groups (the small part of
+/// the graph: each group's user members have a state key of their own, under
+/// [`GROUP_MEMBERS_PREFIX`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct GraphHeader {
+    /// [`GROUP_GRAPH_FORMAT`].
+    format: u32,
+    /// `nested_groups` when it was built.
+    nested_groups: bool,
+    /// The `groups` globs when it was built.
+    groups: Vec<String>,
+    /// Group id → the ids of its child groups (groups with none are left out).
+    children: Children,
+}
+
+impl GraphHeader {
+    fn new(config: &EntraConfig, children: Children) -> GraphHeader {
+        GraphHeader {
+            format: GROUP_GRAPH_FORMAT,
+            nested_groups: config.nested_groups,
+            groups: config.groups.clone(),
+            children,
+        }
+    }
+
+    /// Whether a cache built this way serves `config`: the names that reach `user.groups` of
+    /// the cached users depend on both settings.
+    fn fits(&self, config: &EntraConfig) -> bool {
+        self.format == GROUP_GRAPH_FORMAT
+            && self.nested_groups == config.nested_groups
+            && self.groups == config.groups
+    }
+}
+
+/// The membership cache's header, when the state holds one that serves `config`.
+fn fitting_header(config: &EntraConfig, state: &State) -> Result<Option<GraphHeader>, StateError> {
+    Ok(state
+        .meta(GROUP_GRAPH_KEY)?
+        .and_then(|text| serde_json::from_str::<GraphHeader>(&text).ok())
+        .filter(|header| header.fits(config)))
+}
+
+/// Whether the state holds a membership cache that serves `config` (else the next read is
+/// full).
+pub fn cache_fits(config: &EntraConfig, state: &State) -> bool {
+    matches!(fitting_header(config, state), Ok(Some(_)))
+}
+
+/// The names of these groups, sorted, each once.
+fn names_of<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+    names: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let names: BTreeSet<&String> = ids.into_iter().filter_map(|id| names.get(id)).collect();
+    names.into_iter().cloned().collect()
+}
+
+/// Whether the group `id`, by its name, is one the `groups` globs select.
+fn selected(filter: &GroupFilter, names: &BTreeMap<String, String>, id: &str) -> bool {
+    names.get(id).is_some_and(|name| filter.matches(name))
+}
+
+/// A group's user members as the state keeps them: a JSON array of ids, sorted.
+fn member_list(users: &BTreeSet<String>) -> String {
+    serde_json::to_string(users).unwrap_or_default()
 }
 
 async fn read_full(
@@ -512,23 +650,32 @@ async fn read_full(
     let users_link = users_link.ok_or_else(|| missing_link("/v1.0/users/delta"))?;
     let groups_link = groups_link.ok_or_else(|| missing_link("/v1.0/groups/delta"))?;
 
+    // The membership graph of every group, whatever the globs select: a child group counts
+    // whether or not they select it, and a later rename may bring any group in.
     let mut group_names: BTreeMap<String, String> = BTreeMap::new();
-    let mut memberships: HashMap<String, BTreeSet<String>> = HashMap::new();
-    for (id, group) in &groups {
-        let Some(name) = group.name.as_ref().filter(|_| !group.removed) else {
-            continue;
-        };
-        group_names.insert(id.clone(), name.clone());
-        if !filter.matches(name) {
+    let mut users_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut children = Children::new();
+    for (id, group) in groups {
+        if group.removed {
             continue;
         }
-        for member in &group.added {
-            memberships
-                .entry(member.clone())
-                .or_default()
-                .insert(name.clone());
+        if let Some(name) = group.name {
+            group_names.insert(id.clone(), name);
+        }
+        if !group.added_groups.is_empty() {
+            children.insert(id.clone(), group.added_groups);
+        }
+        if !group.added.is_empty() {
+            users_of.insert(id, group.added);
         }
     }
+    let closures = membership::closures(
+        group_names.keys(),
+        &children,
+        Nesting::of(config.nested_groups),
+        |id| selected(filter, &group_names, id),
+    );
+    let memberships = membership::flatten(&users_of, &closures);
 
     let mut read = empty_read(true);
     let mut users = Vec::new();
@@ -541,7 +688,7 @@ async fn read_full(
                 user.manager_id = delta.manager.flatten().map(IdpId);
                 user.groups = memberships
                     .get(&id)
-                    .map(|names| names.iter().cloned().collect())
+                    .map(|ids| names_of(ids.iter().map(String::as_str), &group_names))
                     .unwrap_or_default();
                 users.push(user);
             }
@@ -562,18 +709,32 @@ async fn read_full(
         }
     }
     read.users = users.into_iter().map(Arc::new).collect();
+    let header = GraphHeader::new(config, children);
     read.commit = SourceCommit {
+        // The links last: a cursor never runs ahead of what it read.
         cursors: vec![
-            (USERS_LINK_KEY.to_owned(), users_link),
-            (GROUPS_LINK_KEY.to_owned(), groups_link),
             (
                 GROUP_NAMES_KEY.to_owned(),
                 Value::from(json_map(&group_names)).to_string(),
             ),
+            (GROUP_GRAPH_KEY.to_owned(), header_text(&header)),
+            (USERS_LINK_KEY.to_owned(), users_link),
+            (GROUPS_LINK_KEY.to_owned(), groups_link),
         ],
+        tables: vec![TableUpdate::Replace {
+            prefix: GROUP_MEMBERS_PREFIX.to_owned(),
+            entries: users_of
+                .iter()
+                .map(|(id, users)| (id.clone(), member_list(users)))
+                .collect(),
+        }],
         cache: CacheUpdate::Replace(read.users.clone()),
     };
     Ok(read)
+}
+
+fn header_text(header: &GraphHeader) -> String {
+    serde_json::to_string(header).unwrap_or_default()
 }
 
 async fn read_incremental(
@@ -581,12 +742,11 @@ async fn read_incremental(
     config: &EntraConfig,
     filter: &GroupFilter,
     state: &State,
-    users_link: &str,
-    groups_link: &str,
+    links: Links,
 ) -> Result<SourceRead, ReadError> {
     let mut deltas = BTreeMap::new();
     let new_users_link = client
-        .get_pages(users_link, |items| {
+        .get_pages(&links.users, |items| {
             collect_user_deltas(items, &mut deltas);
             Ok(true)
         })
@@ -594,84 +754,45 @@ async fn read_incremental(
         .ok_or_else(|| missing_link("the users delta link"))?;
     let mut groups = BTreeMap::new();
     let new_groups_link = client
-        .get_pages(groups_link, |items| {
+        .get_pages(&links.groups, |items| {
             collect_group_deltas(items, &mut groups);
             Ok(true)
         })
         .await?
         .ok_or_else(|| missing_link("the groups delta link"))?;
 
-    let mut group_names: BTreeMap<String, String> = state
+    let old_names: BTreeMap<String, String> = state
         .meta(GROUP_NAMES_KEY)?
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default();
-    // Groups renamed or deleted: every cached member of the old name is affected, found in the
-    // source cache (no request per user); a group renamed into the filter is read whole.
-    let renamed_or_deleted = group_events(&groups, &group_names);
-    let mut reasons: BTreeMap<IdpId, String> = BTreeMap::new();
-    let mut affected: BTreeMap<String, SourceUser> = BTreeMap::new();
-    let mut membership: HashMap<String, Vec<(String, bool)>> = HashMap::new();
-    for event in &renamed_or_deleted {
-        if filter.matches(event.old_name()) {
-            for user in state.cached_members_of(event.old_name())? {
-                reasons
-                    .entry(user.id.clone())
-                    .or_insert_with(|| event.reason());
-                affected.entry(user.id.0.clone()).or_insert(user);
-            }
-        }
-        if let GroupEvent::Renamed { id, old, new } = event
-            && filter.matches(new)
-            && !filter.matches(old)
-        {
-            for member in read_group_members(client, id).await? {
-                reasons
-                    .entry(IdpId(member.clone()))
-                    .or_insert_with(|| event.reason());
-                membership
-                    .entry(member)
-                    .or_default()
-                    .push((new.clone(), true));
-            }
-        }
-    }
-    // Membership changes per user, for the groups the filter selects.
-    for (id, group) in &groups {
-        let old_name = group_names.get(id).cloned();
-        if group.removed {
-            group_names.remove(id);
-        } else if let Some(name) = &group.name {
-            group_names.insert(id.clone(), name.clone());
-        }
-        let Some(name) = group.name.clone().or(old_name) else {
-            continue;
-        };
-        if !filter.matches(&name) {
-            continue;
-        }
-        for member in &group.added {
-            membership
-                .entry(member.clone())
-                .or_default()
-                .push((name.clone(), true));
-        }
-        for member in &group.removed_members {
-            membership
-                .entry(member.clone())
-                .or_default()
-                .push((name.clone(), false));
-        }
-    }
+    let mut lists = MemberLists::new(state);
+    let round = GroupRound::apply(&groups, &old_names, &links.header.children, &mut lists)?;
+    let regrouped = regroup(
+        filter,
+        Nesting::of(config.nested_groups),
+        &old_names,
+        &links.header.children,
+        &round,
+        &mut lists,
+    )?;
 
     let mut read = empty_read(false);
+    let mut reasons: BTreeMap<IdpId, String> = BTreeMap::new();
     let mut users: BTreeMap<String, SourceUser> = BTreeMap::new();
     let mut removed = Vec::new();
-    // Soft-deleted users stay in the cache (with their groups) so that a restore finds them.
+    // Soft-deleted users stay in the cache (with their groups) so that a restore finds them,
+    // marked inactive: Graph keeps their memberships, so a later change of one of their groups
+    // reaches them from the cache, and must not bring them back before a restore does.
     let mut gone = Vec::new();
+    let mut soft_deleted = Vec::new();
     for (id, delta) in deltas {
         if delta.removed {
             if delta.gone {
                 gone.push(IdpId(id.clone()));
+            } else if let Some(mut cached) = state.cached_source_user(&IdpId(id.clone()))? {
+                cached.active = false;
+                cached.status = Some("disabled".to_owned());
+                soft_deleted.push(Arc::new(cached));
             }
             removed.push(IdpId(id));
             continue;
@@ -696,54 +817,42 @@ async fn read_incremental(
                     None => cached.as_ref().and_then(|c| c.manager_id.clone()),
                 };
                 user.groups = cached.map(|c| c.groups).unwrap_or_default();
-                affected.remove(&id);
                 users.insert(id, user);
             }
             Err(rejected) => read.rejected.push(rejected),
         }
     }
-    // Members of renamed or deleted groups who did not change themselves.
-    for (id, user) in affected {
-        if !removed.iter().any(|r| r.0 == id) {
-            users.entry(id).or_insert(user);
-        }
-    }
-    // Users whose membership changed but who did not change themselves.
+    // Users whose groups the round changed: those that changed themselves too, those in the
+    // cache, and (rarely) others read from Graph.
+    let removed_ids: HashSet<&str> = removed.iter().map(|id| id.0.as_str()).collect();
     let mut missing = Vec::new();
-    for id in membership.keys() {
-        if users.contains_key(id) || removed.iter().any(|r| &r.0 == id) {
+    for (id, (groups, reason)) in regrouped {
+        if removed_ids.contains(id.as_str()) {
             continue;
         }
-        match state.cached_source_user(&IdpId(id.clone()))? {
-            Some(user) => {
-                users.insert(id.clone(), user);
-            }
-            None => missing.push(id.clone()),
+        let mut user = match users.remove(&id) {
+            Some(user) => user,
+            None => match state.cached_source_user(&IdpId(id.clone()))? {
+                Some(user) if user.groups == groups => continue,
+                Some(user) => user,
+                None => {
+                    missing.push((id, groups, reason));
+                    continue;
+                }
+            },
+        };
+        if user.groups != groups {
+            reasons.insert(user.id.clone(), reason);
+            user.groups = groups;
         }
+        users.insert(id, user);
     }
-    for id in missing {
-        if let Some(user) = fetch_user(client, config, &id).await? {
+    for (id, groups, reason) in missing {
+        if let Some(mut user) = fetch_user(client, config, &id).await? {
+            reasons.insert(user.id.clone(), reason);
+            user.groups = groups;
             users.insert(id, user);
         }
-    }
-    for (id, user) in &mut users {
-        let mut names: BTreeSet<String> = user.groups.iter().cloned().collect();
-        for event in &renamed_or_deleted {
-            if names.remove(event.old_name())
-                && let GroupEvent::Renamed { new, .. } = event
-                && filter.matches(new)
-            {
-                names.insert(new.clone());
-            }
-        }
-        for (name, added) in membership.get(id).into_iter().flatten() {
-            if *added {
-                names.insert(name.clone());
-            } else {
-                names.remove(name);
-            }
-        }
-        user.groups = names.into_iter().collect();
     }
 
     // Managers: in the batch, else in the cache, else from Graph.
@@ -773,24 +882,231 @@ async fn read_incremental(
     read.users = users.into_values().map(Arc::new).collect();
     read.removed = removed;
     read.reasons = reasons;
+    let mut cursors = vec![(
+        GROUP_NAMES_KEY.to_owned(),
+        Value::from(json_map(&round.names)).to_string(),
+    )];
+    if round.children != links.header.children {
+        cursors.push((
+            GROUP_GRAPH_KEY.to_owned(),
+            header_text(&GraphHeader::new(config, round.children)),
+        ));
+    }
+    // The links last: a cursor never runs ahead of what it read.
+    cursors.push((USERS_LINK_KEY.to_owned(), new_users_link));
+    cursors.push((GROUPS_LINK_KEY.to_owned(), new_groups_link));
+    let (set, remove) = lists.changes();
     read.commit = SourceCommit {
-        cursors: vec![
-            (USERS_LINK_KEY.to_owned(), new_users_link),
-            (GROUPS_LINK_KEY.to_owned(), new_groups_link),
-            (
-                GROUP_NAMES_KEY.to_owned(),
-                Value::from(json_map(&group_names)).to_string(),
-            ),
-        ],
+        cursors,
+        tables: vec![TableUpdate::Merge {
+            prefix: GROUP_MEMBERS_PREFIX.to_owned(),
+            set,
+            remove,
+        }],
         cache: CacheUpdate::Merge {
-            upsert: read.users.clone(),
+            upsert: read.users.iter().cloned().chain(soft_deleted).collect(),
             remove: gone,
         },
     };
     Ok(read)
 }
 
-/// A group renamed or deleted in a delta round, as it reaches its members' `groups`.
+/// The users a round's group changes reach, with their `groups` after the round and the change
+/// that reached them first (the reason of their update). A change reaches every user below a
+/// changed link, a renamed or a deleted group, in the graph before or after the round, when it
+/// can touch a selected group: the group or one above it is selected by its old or new name (a
+/// rename: the group itself). Their groups are recomputed from the groups whose members reach
+/// a selected group; whether they changed is for the caller to see.
+fn regroup(
+    filter: &GroupFilter,
+    nesting: Nesting,
+    old_names: &BTreeMap<String, String>,
+    old_children: &Children,
+    round: &GroupRound,
+    lists: &mut MemberLists<'_>,
+) -> Result<BTreeMap<String, (Vec<String>, String)>, StateError> {
+    if round.events.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let either_selected =
+        |id: &str| selected(filter, old_names, id) || selected(filter, &round.names, id);
+    let before = membership::closures(old_names.keys(), old_children, nesting, either_selected);
+    let after = membership::closures(
+        round.names.keys(),
+        &round.children,
+        nesting,
+        either_selected,
+    );
+    let touches = |group: &str| before.reaches_any(group) || after.reaches_any(group);
+    let mut reached_by: BTreeMap<String, String> = BTreeMap::new();
+    for event in &round.events {
+        let (below, versions): (&str, &[Version]) = match event {
+            GroupEvent::UserJoined { group, user } | GroupEvent::UserLeft { group, user } => {
+                if touches(group) {
+                    reached_by
+                        .entry(user.clone())
+                        .or_insert_with(|| event.reason(old_names, &round.names));
+                }
+                continue;
+            }
+            GroupEvent::GroupJoined { parent, child } | GroupEvent::GroupLeft { parent, child }
+                if nesting == Nesting::Flatten && touches(parent) =>
+            {
+                (child, &[Version::Before, Version::After])
+            }
+            GroupEvent::Renamed { id, old, new } if filter.matches(old) || filter.matches(new) => {
+                (id, &[Version::Before, Version::After])
+            }
+            GroupEvent::Deleted { id, .. } if before.reaches_any(id) => (id, &[Version::Before]),
+            _ => continue,
+        };
+        let reason = event.reason(old_names, &round.names);
+        for version in versions {
+            let children = match version {
+                Version::Before => old_children,
+                Version::After => &round.children,
+            };
+            for user in lists.users_below(children, below, nesting, *version)? {
+                reached_by.entry(user).or_insert_with(|| reason.clone());
+            }
+        }
+    }
+    // Their groups after the round: the selected groups above each group they are in.
+    let closures = membership::closures(round.names.keys(), &round.children, nesting, |id| {
+        selected(filter, &round.names, id)
+    });
+    let mut found: BTreeMap<&str, BTreeSet<&str>> = reached_by
+        .keys()
+        .map(|user| (user.as_str(), BTreeSet::new()))
+        .collect();
+    for group in closures.groups() {
+        for user in lists.after(group)? {
+            if let Some(groups) = found.get_mut(user.as_str()) {
+                groups.extend(closures.of(group));
+            }
+        }
+    }
+    Ok(found
+        .into_iter()
+        .map(|(user, groups)| {
+            (
+                user.to_owned(),
+                (names_of(groups, &round.names), reached_by[user].clone()),
+            )
+        })
+        .collect())
+}
+
+/// The stored delta links, and the membership cache's header they go with.
+struct Links {
+    users: String,
+    groups: String,
+    header: GraphHeader,
+}
+
+/// Which side of a delta round a member list is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    /// As the last commit left it.
+    Before,
+    /// With this round's changes.
+    After,
+}
+
+/// The user members of groups, read from the state as they are needed: as the last commit left
+/// them, and as this round's changes make them.
+struct MemberLists<'a> {
+    state: &'a State,
+    before: HashMap<String, BTreeSet<String>>,
+    /// The lists this round changed, in full.
+    changed: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl<'a> MemberLists<'a> {
+    fn new(state: &'a State) -> MemberLists<'a> {
+        MemberLists {
+            state,
+            before: HashMap::new(),
+            changed: BTreeMap::new(),
+        }
+    }
+
+    /// A group's user members as the last commit left them.
+    fn before(&mut self, group: &str) -> Result<&BTreeSet<String>, StateError> {
+        if !self.before.contains_key(group) {
+            let list: BTreeSet<String> = self
+                .state
+                .meta(&format!("{GROUP_MEMBERS_PREFIX}{group}"))?
+                .map(|text| {
+                    serde_json::from_str(&text).map_err(|error| StateError::Storage {
+                        path: self.state.path().to_owned(),
+                        message: format!(
+                            "the cached members of Entra ID group {group} cannot be read ({error}); `sync --full` reads them again"
+                        ),
+                    })
+                })
+                .transpose()?
+                .unwrap_or_default();
+            self.before.insert(group.to_owned(), list);
+        }
+        Ok(&self.before[group])
+    }
+
+    /// A group's user members with this round's changes.
+    fn after(&mut self, group: &str) -> Result<&BTreeSet<String>, StateError> {
+        if self.changed.contains_key(group) {
+            return Ok(&self.changed[group]);
+        }
+        self.before(group)
+    }
+
+    /// A group's user members, to change in this round.
+    fn change(&mut self, group: &str) -> Result<&mut BTreeSet<String>, StateError> {
+        if !self.changed.contains_key(group) {
+            let list = self.before(group)?.clone();
+            self.changed.insert(group.to_owned(), list);
+        }
+        Ok(self.changed.get_mut(group).expect("inserted just above"))
+    }
+
+    /// The user members of `group` and of every group below it (see [`membership::below`]).
+    fn users_below(
+        &mut self,
+        children: &Children,
+        group: &str,
+        nesting: Nesting,
+        version: Version,
+    ) -> Result<BTreeSet<String>, StateError> {
+        let mut users = BTreeSet::new();
+        for group in membership::below(children, group, nesting) {
+            let list = match version {
+                Version::Before => self.before(&group)?,
+                Version::After => self.after(&group)?,
+            };
+            users.extend(list.iter().cloned());
+        }
+        Ok(users)
+    }
+
+    /// The changed lists that differ from before: set (non-empty) or removed (empty).
+    fn changes(self) -> (Vec<(String, String)>, Vec<String>) {
+        let mut set = Vec::new();
+        let mut remove = Vec::new();
+        for (group, list) in self.changed {
+            if self.before.get(&group) == Some(&list) {
+                continue;
+            }
+            if list.is_empty() {
+                remove.push(group);
+            } else {
+                set.push((group, member_list(&list)));
+            }
+        }
+        (set, remove)
+    }
+}
+
+/// One change of a groups delta round, as it reaches users' `groups`.
 #[derive(Debug, Clone, PartialEq)]
 enum GroupEvent {
     /// The group `id` was called `old` and is called `new` now.
@@ -799,73 +1115,164 @@ enum GroupEvent {
         old: String,
         new: String,
     },
-    /// The group called `name` is gone.
-    Deleted { name: String },
+    /// The group `id`, called `name`, is gone.
+    Deleted { id: String, name: String },
+    /// `user` became a direct member of `group`.
+    UserJoined { group: String, user: String },
+    /// `user` is no longer a direct member of `group`.
+    UserLeft { group: String, user: String },
+    /// The group `child` became a member of the group `parent`.
+    GroupJoined { parent: String, child: String },
+    /// The group `child` is no longer a member of the group `parent`.
+    GroupLeft { parent: String, child: String },
 }
 
 impl GroupEvent {
-    /// The name the cache knows the group by.
-    fn old_name(&self) -> &str {
+    /// Which kind of change explains a user's update first.
+    fn rank(&self) -> u8 {
         match self {
-            GroupEvent::Renamed { old, .. } => old,
-            GroupEvent::Deleted { name } => name,
+            GroupEvent::Deleted { .. } => 0,
+            GroupEvent::Renamed { .. } => 1,
+            GroupEvent::GroupJoined { .. } | GroupEvent::GroupLeft { .. } => 2,
+            GroupEvent::UserJoined { .. } | GroupEvent::UserLeft { .. } => 3,
         }
     }
 
-    /// Why its members are updated (the action's `reason`).
-    fn reason(&self) -> String {
+    /// Why the users it reaches are updated (the action's `reason`).
+    fn reason(
+        &self,
+        before: &BTreeMap<String, String>,
+        after: &BTreeMap<String, String>,
+    ) -> String {
+        let name = |id: &str| -> String {
+            after
+                .get(id)
+                .or_else(|| before.get(id))
+                .cloned()
+                .unwrap_or_else(|| id.to_owned())
+        };
         match self {
             GroupEvent::Renamed { old, new, .. } => format!("group renamed: {old} → {new}"),
-            GroupEvent::Deleted { name } => format!("group deleted: {name}"),
+            GroupEvent::Deleted { name, .. } => format!("group deleted: {name}"),
+            GroupEvent::UserJoined { group, .. } => {
+                format!("group membership changed: added to {}", name(group))
+            }
+            GroupEvent::UserLeft { group, .. } => {
+                format!("group membership changed: removed from {}", name(group))
+            }
+            GroupEvent::GroupJoined { parent, child } => format!(
+                "group membership changed: {} added to {}",
+                name(child),
+                name(parent)
+            ),
+            GroupEvent::GroupLeft { parent, child } => format!(
+                "group membership changed: {} removed from {}",
+                name(child),
+                name(parent)
+            ),
         }
     }
 }
 
-/// The renames and deletions of a groups delta round, against the names the state knew.
-fn group_events(
-    groups: &BTreeMap<String, GroupDelta>,
-    known: &BTreeMap<String, String>,
-) -> Vec<GroupEvent> {
-    groups
-        .iter()
-        .filter_map(|(id, group)| {
-            let old = known.get(id)?;
-            match (&group.name, group.removed) {
-                (_, true) => Some(GroupEvent::Deleted { name: old.clone() }),
-                (Some(new), false) if new != old => Some(GroupEvent::Renamed {
-                    id: id.clone(),
-                    old: old.clone(),
-                    new: new.clone(),
-                }),
-                _ => None,
-            }
-        })
-        .collect()
+/// A groups delta round applied to the cached graph: the names and child groups after it (the
+/// member lists it changed are in [`MemberLists`]), and what changed, in the order a user's
+/// reason is chosen by: deletions, renames, child groups, users (each by group id). A deleted
+/// group's links go with it (whether or not Graph also reports them gone from their parents),
+/// so its deletion is the reason. Only real changes count: an item Graph replays, or a change
+/// a crash left half-committed, changes nothing twice.
+struct GroupRound {
+    names: BTreeMap<String, String>,
+    children: Children,
+    events: Vec<GroupEvent>,
 }
 
-/// The ids of a group's user members (`/groups/{id}/members`, paged).
-async fn read_group_members(client: &GraphClient, id: &str) -> Result<Vec<String>, GraphError> {
-    let mut members = Vec::new();
-    client
-        .get_pages(
-            &format!("/v1.0/groups/{}/members?$select=id", encode(id)),
-            |items| {
-                members.extend(
-                    items
-                        .iter()
-                        .filter(|item| {
-                            item.get("@odata.type")
-                                .and_then(Value::as_str)
-                                .is_none_or(|kind| kind == "#microsoft.graph.user")
-                        })
-                        .filter_map(|item| item.get("id").and_then(Value::as_str))
-                        .map(str::to_owned),
-                );
-                Ok(true)
-            },
-        )
-        .await?;
-    Ok(members)
+impl GroupRound {
+    fn apply(
+        groups: &BTreeMap<String, GroupDelta>,
+        old_names: &BTreeMap<String, String>,
+        old_children: &Children,
+        lists: &mut MemberLists<'_>,
+    ) -> Result<GroupRound, StateError> {
+        let mut names = old_names.clone();
+        let mut children = old_children.clone();
+        let mut events = Vec::new();
+        for (id, _) in groups.iter().filter(|(_, group)| group.removed) {
+            let known = names.remove(id);
+            let had_children = children.remove(id).is_some();
+            let had_users = !lists.before(id)?.is_empty();
+            lists.change(id)?.clear();
+            // It leaves every group it was in, whether or not Graph says so as well.
+            for kids in children.values_mut() {
+                kids.remove(id);
+            }
+            children.retain(|_, kids| !kids.is_empty());
+            if known.is_some() || had_children || had_users {
+                events.push(GroupEvent::Deleted {
+                    id: id.clone(),
+                    name: known.unwrap_or_else(|| id.clone()),
+                });
+            }
+        }
+        for (id, group) in groups.iter().filter(|(_, group)| !group.removed) {
+            if let Some(new) = &group.name {
+                match names.insert(id.clone(), new.clone()) {
+                    Some(old) if &old != new => events.push(GroupEvent::Renamed {
+                        id: id.clone(),
+                        old,
+                        new: new.clone(),
+                    }),
+                    _ => {}
+                }
+            }
+            if !group.added_groups.is_empty() || !group.removed_groups.is_empty() {
+                let kids = children.entry(id.clone()).or_default();
+                for child in &group.removed_groups {
+                    if kids.remove(child) {
+                        events.push(GroupEvent::GroupLeft {
+                            parent: id.clone(),
+                            child: child.clone(),
+                        });
+                    }
+                }
+                for child in &group.added_groups {
+                    if child != id && kids.insert(child.clone()) {
+                        events.push(GroupEvent::GroupJoined {
+                            parent: id.clone(),
+                            child: child.clone(),
+                        });
+                    }
+                }
+                if kids.is_empty() {
+                    children.remove(id);
+                }
+            }
+            if !group.added.is_empty() || !group.removed_members.is_empty() {
+                let list = lists.change(id)?;
+                for user in &group.removed_members {
+                    if list.remove(user) {
+                        events.push(GroupEvent::UserLeft {
+                            group: id.clone(),
+                            user: user.clone(),
+                        });
+                    }
+                }
+                for user in &group.added {
+                    if list.insert(user.clone()) {
+                        events.push(GroupEvent::UserJoined {
+                            group: id.clone(),
+                            user: user.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        events.sort_by_key(GroupEvent::rank);
+        Ok(GroupRound {
+            names,
+            children,
+            events,
+        })
+    }
 }
 
 /// One user by id, for a manager or a membership change outside the batch.

@@ -69,7 +69,41 @@ fn group_deltas_merge_split_pages_and_member_removals() {
             .collect::<Vec<_>>(),
         vec!["u3"]
     );
+    assert_eq!(
+        g1.added_groups
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        vec!["g9"],
+        "a group member is a child group, not a user"
+    );
     assert!(deltas["g2"].removed);
+}
+
+#[test]
+fn child_groups_are_added_and_removed_and_other_members_ignored() {
+    let mut deltas = BTreeMap::new();
+    collect_group_deltas(
+        items(json!([
+            {"id": "g1", "members@delta": [
+                {"@odata.type": "#microsoft.graph.group", "id": "g2"},
+                {"@odata.type": "#microsoft.graph.group", "id": "g3"},
+                {"@odata.type": "#microsoft.graph.device", "id": "d1"},
+                {"@odata.type": "#microsoft.graph.servicePrincipal", "id": "s1"},
+            ]},
+            {"id": "g1", "members@delta": [
+                {"@odata.type": "#microsoft.graph.group", "id": "g3", "@removed": {"reason": "deleted"}},
+            ]},
+        ])),
+        &mut deltas,
+    );
+    let g1 = &deltas["g1"];
+    assert_eq!(g1.added_groups, BTreeSet::from(["g2".to_owned()]));
+    assert_eq!(g1.removed_groups, BTreeSet::from(["g3".to_owned()]));
+    assert!(
+        g1.added.is_empty(),
+        "devices and service principals are not users"
+    );
 }
 
 #[test]

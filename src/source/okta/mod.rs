@@ -338,6 +338,7 @@ async fn read_full(
             ),
             (APPLIED_EVENTS_KEY.to_owned(), "{}".to_owned()),
         ],
+        tables: Vec::new(),
         cache: CacheUpdate::Replace(read.users.clone()),
     };
     Ok(read)
@@ -579,6 +580,7 @@ async fn read_incremental(
                 serde_json::to_string(&applied).unwrap_or_default(),
             ),
         ],
+        tables: Vec::new(),
         cache: CacheUpdate::Merge {
             upsert: read.users.clone(),
             remove: Vec::new(),

@@ -540,10 +540,12 @@ async fn read_full(
     }
     read.users = users.into_iter().map(|user| Arc::new(user.user)).collect();
     read.commit = SourceCommit {
+        // The memberships before the watermark: the cursor moves last.
         cursors: vec![
-            (WATERMARK_KEY.to_owned(), format_time(started)),
             (MEMBERSHIP_KEY.to_owned(), encode_memberships(&memberships)),
+            (WATERMARK_KEY.to_owned(), format_time(started)),
         ],
+        tables: Vec::new(),
         cache: CacheUpdate::Replace(read.users.clone()),
     };
     Ok(read)
@@ -749,10 +751,12 @@ async fn read_incremental(
 
     read.users = users.into_iter().map(|user| Arc::new(user.user)).collect();
     read.commit = SourceCommit {
+        // The memberships before the watermark: the cursor moves last.
         cursors: vec![
-            (WATERMARK_KEY.to_owned(), format_time(started)),
             (MEMBERSHIP_KEY.to_owned(), encode_memberships(&now)),
+            (WATERMARK_KEY.to_owned(), format_time(started)),
         ],
+        tables: Vec::new(),
         cache: CacheUpdate::Merge {
             upsert: read.users.clone(),
             remove: Vec::new(),

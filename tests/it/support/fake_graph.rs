@@ -23,14 +23,17 @@
 //!   both; a later round returns what changed since its token: changed users (all selected
 //!   properties, or only the changed ones with `Prefer: return=minimal`; never-set ones omitted,
 //!   cleared ones `null`), `{"id","@removed":{"reason":"changed"|"deleted"}}`, restored users with
-//!   no annotation, `manager@delta`, `members@delta` (a changed group may carry only `id` +
-//!   `members@delta`; large groups split across pages), and always a new deltaLink, even when
-//!   empty; `$deltatoken=latest`; `$filter=id eq '…'`; a change to an unselected property does not
-//!   show; `$expand`/`$orderby`/`$search` refused. Expired tokens: 400 `syncStateNotFound`, or
+//!   no annotation, `manager@delta`, `members@delta` (users and nested groups, each with its
+//!   `@odata.type`; a changed group may carry only `id` + `members@delta`; large groups split
+//!   across pages), and always a new deltaLink, even when empty; `$deltatoken=latest`;
+//!   `$filter=id eq '…'`; a change to an unselected property does not show;
+//!   `$expand`/`$orderby`/`$search` refused. Expired tokens: 400 `syncStateNotFound`, or
 //!   410 Gone with a `Location` (the initial query with an empty `$deltaToken`).
 //! - `GET /v1.0/users` (B2), `/users/{id|upn}`, `/users/{id}/manager` (404
-//!   `Request_ResourceNotFound` when none), `/users/{id}/memberOf`, `/groups`, `/groups/{id}`,
-//!   `/groups/{id}/members`: the default property set (B2) or `$select` (null for unset selected
+//!   `Request_ResourceNotFound` when none), `/users/{id}/memberOf` (direct groups only),
+//!   `/users/{id}/transitiveMemberOf` (B5: also every group those groups are in, through any
+//!   chain of nested groups; cycles end), `/groups`, `/groups/{id}`, `/groups/{id}/members`
+//!   (users and nested groups): the default property set (B2) or `$select` (null for unset selected
 //!   properties, `[]` for collections, directory extensions only when set), `$expand=manager`,
 //!   `$top` 1..=999 (else 400 "Invalid page size specified"), default page 100, `@odata.nextLink`
 //!   with an opaque `$skiptoken`, `$filter` (`eq`, `in`, `startsWith`, `and`/`or`; `ne`, `not`,
@@ -59,12 +62,14 @@
 //!   old manager); a manager change A → B is one item naming B. A membership change is reported
 //!   as the net difference over the round. Soft-deleting a user keeps its group memberships and
 //!   its manager links (hidden from reads); hard-deleting removes both, as delta changes.
+//!   Deleting a group reports it `@removed` and, on each group it was a member of, a
+//!   `members@delta` removal. Nested groups may form cycles (A in B, B in A).
 //! - Token errors use the codes of the Azure SDK troubleshooting table: 7000215 bad secret, 7000218
 //!   no credential, 700016 unknown app, 70011 scope, 90002 tenant, 900144 missing parameter,
 //!   700027 signature / unknown certificate / no thumbprint, 700021 iss/sub, 700023 audience,
 //!   700024 time range. Assertion `jti`s are not checked for replay.
 //! - Not implemented: `$batch` (501), `$search`, `$orderby`, `$skip`, casts
-//!   (`/memberOf/microsoft.graph.group`), creating users or groups over HTTP, nested groups,
+//!   (`/memberOf/microsoft.graph.group`), creating users or groups over HTTP, `transitiveMembers`,
 //!   directory roles in `memberOf`, resource-unit accounting (`x-ms-resource-unit`).
 
 // Each test module uses its own subset of these helpers.
@@ -618,6 +623,7 @@ impl FakeGraph {
             GroupRec {
                 props,
                 members: BTreeSet::new(),
+                groups: BTreeSet::new(),
             },
         );
         inner.record(Change::GroupCreated(id.to_owned()));
@@ -641,9 +647,32 @@ impl FakeGraph {
 
     /// Deletes a group (security groups are deleted at once): group delta reports it with
     /// `@removed` and no member list; its memberships go with it.
+    ///
+    /// It also leaves every group it was a member of: each such parent reports the removal in
+    /// its `members@delta` (INFERENCE: the reference is silent; this is how a hard-deleted user
+    /// leaves its groups, and a client must cope with either).
     pub fn delete_group(&self, id: &str) {
         let mut inner = self.lock();
         assert!(inner.groups.remove(id).is_some(), "no group {id}");
+        let parents: Vec<String> = inner
+            .groups
+            .iter()
+            .filter(|(_, g)| g.groups.contains(id))
+            .map(|(gid, _)| gid.clone())
+            .collect();
+        for parent in parents {
+            inner
+                .groups
+                .get_mut(&parent)
+                .expect("listed")
+                .groups
+                .remove(id);
+            inner.record(Change::GroupNested {
+                group: parent,
+                child: id.to_owned(),
+                added: false,
+            });
+        }
         inner.record(Change::GroupDeleted(id.to_owned()));
     }
 
@@ -661,6 +690,41 @@ impl FakeGraph {
     /// Removes the user from the group (a `members@delta` item with `@removed`).
     pub fn remove_member(&self, group_id: &str, user_id: &str) {
         self.membership(group_id, user_id, false);
+    }
+
+    /// Makes the group `child_id` a member of the group `parent_id` (a nested group: a
+    /// `members@delta` item of type `#microsoft.graph.group`). Cycles are allowed (A in B, B in
+    /// A); a group cannot be a member of itself.
+    pub fn add_group_member(&self, parent_id: &str, child_id: &str) {
+        self.nesting(parent_id, child_id, true);
+    }
+
+    /// Removes the group `child_id` from the members of `parent_id` (a `members@delta` item of
+    /// type `#microsoft.graph.group` with `@removed`).
+    pub fn remove_group_member(&self, parent_id: &str, child_id: &str) {
+        self.nesting(parent_id, child_id, false);
+    }
+
+    fn nesting(&self, parent_id: &str, child_id: &str, add: bool) {
+        assert_ne!(parent_id, child_id, "a group cannot be a member of itself");
+        let mut inner = self.lock();
+        assert!(inner.groups.contains_key(child_id), "no group {child_id}");
+        let group = inner
+            .groups
+            .get_mut(parent_id)
+            .unwrap_or_else(|| panic!("no group {parent_id}"));
+        let changed = if add {
+            group.groups.insert(child_id.to_owned())
+        } else {
+            group.groups.remove(child_id)
+        };
+        if changed {
+            inner.record(Change::GroupNested {
+                group: parent_id.to_owned(),
+                child: child_id.to_owned(),
+                added: add,
+            });
+        }
     }
 
     fn membership(&self, group_id: &str, user_id: &str, add: bool) {
@@ -704,7 +768,13 @@ impl FakeGraph {
         self.lock().users.get(id).and_then(|u| u.manager.clone())
     }
 
-    /// The ids of the group's members.
+    /// The ids of the groups the user is in directly or through nested groups (what
+    /// `transitiveMemberOf` lists), sorted.
+    pub fn transitive_groups(&self, user_id: &str) -> Vec<String> {
+        self.lock().transitive_groups(user_id).into_iter().collect()
+    }
+
+    /// The ids of the group's user members.
     pub fn members(&self, group_id: &str) -> Vec<String> {
         self.lock()
             .groups
@@ -1068,7 +1138,10 @@ struct UserRec {
 
 struct GroupRec {
     props: Map<String, Value>,
+    /// User members.
     members: BTreeSet<String>,
+    /// Group members (nested groups): the ids of the groups that are members of this one.
+    groups: BTreeSet<String>,
 }
 
 /// One directory change; its generation is its index in `Inner::changes` plus one.
@@ -1088,6 +1161,12 @@ enum Change {
     GroupMember {
         group: String,
         user: String,
+        added: bool,
+    },
+    /// A group added to (or removed from) the members of another group.
+    GroupNested {
+        group: String,
+        child: String,
         added: bool,
     },
 }
@@ -1321,6 +1400,7 @@ enum Route {
     PatchUser(String),
     Manager(String),
     MemberOf(String),
+    TransitiveMemberOf(String),
     ListGroups,
     GetGroup(String),
     Members(String),
@@ -1348,6 +1428,7 @@ impl Route {
             }
             Route::PatchUser(_) => &["User.ReadWrite.All", "Directory.ReadWrite.All"],
             Route::MemberOf(_)
+            | Route::TransitiveMemberOf(_)
             | Route::GroupsDelta
             | Route::ListGroups
             | Route::GetGroup(_)
@@ -1725,12 +1806,15 @@ impl Inner {
             ["users", id] if patch => Route::PatchUser((*id).to_owned()),
             ["users", id, "manager"] if get => Route::Manager((*id).to_owned()),
             ["users", id, "memberOf"] if get => Route::MemberOf((*id).to_owned()),
+            ["users", id, "transitiveMemberOf"] if get => {
+                Route::TransitiveMemberOf((*id).to_owned())
+            }
             ["groups"] if get => Route::ListGroups,
             ["groups", id] if get => Route::GetGroup((*id).to_owned()),
             ["groups", id, "members"] if get => Route::Members((*id).to_owned()),
             ["users" | "groups"]
             | ["users" | "groups", _]
-            | ["users", _, "manager" | "memberOf"]
+            | ["users", _, "manager" | "memberOf" | "transitiveMemberOf"]
             | ["groups", _, "members"] => {
                 return self.error(
                     405,
@@ -1765,7 +1849,8 @@ impl Inner {
             Route::GetUser(key) => self.get_user(&key, &params),
             Route::PatchUser(key) => self.patch_user(&key, body),
             Route::Manager(key) => self.get_manager(&key, &params),
-            Route::MemberOf(key) => self.member_of(&key, &params),
+            Route::MemberOf(key) => self.member_of(&key, &params, false),
+            Route::TransitiveMemberOf(key) => self.member_of(&key, &params, true),
             Route::ListGroups => self.list_groups(&params, headers),
             Route::GetGroup(id) => self.get_group(&id, &params),
             Route::Members(id) => self.group_members(&id, &params),
@@ -2326,17 +2411,24 @@ impl Inner {
         Ok(Resp::json(200, &Value::Object(out)))
     }
 
-    fn member_of(&mut self, key: &str, params: &Params) -> Result<Resp, Resp> {
+    /// `/users/{id}/memberOf` (the groups the user is a direct member of: "This operation isn't
+    /// transitive", B5) or, with `transitive`, `/users/{id}/transitiveMemberOf` (also the groups
+    /// those groups are members of, through any chain; cycles end).
+    fn member_of(&mut self, key: &str, params: &Params, transitive: bool) -> Result<Resp, Resp> {
         self.refuse_unsupported_options(params, &["$orderby", "$search", "$filter", "$skip"])?;
         let select = self.parse_select(params, Entity::Group, &[])?;
         let top = self.parse_top(params)?;
         let after = self.list_cursor(params)?;
         let id = self.find_user(key).ok_or_else(|| self.not_found(key))?;
+        let groups = if transitive {
+            self.transitive_groups(&id)
+        } else {
+            self.direct_groups(&id)
+        };
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut page: Vec<(&String, &GroupRec)> = self
-            .groups
+        let mut page: Vec<(&String, &GroupRec)> = groups
             .range::<String, _>((lower, Bound::Unbounded))
-            .filter(|(_, g)| g.members.contains(&id))
+            .filter_map(|gid| self.groups.get_key_value(gid))
             .take(top + 1)
             .collect();
         let more = page.len() > top;
@@ -2350,15 +2442,44 @@ impl Inner {
                 Value::Object(item)
             })
             .collect();
+        let segment = if transitive {
+            "transitiveMemberOf"
+        } else {
+            "memberOf"
+        };
         let next = more.then(|| {
             self.next_list_link(
-                &format!("/v1.0/users/{key}/memberOf"),
+                &format!("/v1.0/users/{key}/{segment}"),
                 params,
                 page[top - 1].0,
             )
         });
         let context = format!("{}/v1.0/$metadata#directoryObjects", self.origin);
         Ok(self.collection(context, items, next, None))
+    }
+
+    /// The groups the user is a direct member of.
+    fn direct_groups(&self, user_id: &str) -> BTreeSet<String> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.members.contains(user_id))
+            .map(|(gid, _)| gid.clone())
+            .collect()
+    }
+
+    /// The groups the user is in directly or through any chain of nested groups; a cycle ends
+    /// because a group is visited once.
+    fn transitive_groups(&self, user_id: &str) -> BTreeSet<String> {
+        let mut found = self.direct_groups(user_id);
+        let mut queue: Vec<String> = found.iter().cloned().collect();
+        while let Some(child) = queue.pop() {
+            for (gid, g) in &self.groups {
+                if g.groups.contains(&child) && found.insert(gid.clone()) {
+                    queue.push(gid.clone());
+                }
+            }
+        }
+        found
     }
 
     // ----- Write-back (B6) --------------------------------------------------------------------
@@ -2508,27 +2629,58 @@ impl Inner {
         Ok(Resp::json(200, &Value::Object(out)))
     }
 
+    /// `/groups/{id}/members`: the direct members, users and groups (nested groups are listed,
+    /// not expanded), in id order. A child group carries the selected properties a group has.
     fn group_members(&mut self, id: &str, params: &Params) -> Result<Resp, Resp> {
         self.refuse_unsupported_options(params, &["$orderby", "$search", "$filter", "$skip"])?;
         let select = self.parse_select(params, Entity::User, &[])?;
         let top = self.parse_top(params)?;
         let after = self.list_cursor(params)?;
         let g = self.groups.get(id).ok_or_else(|| self.not_found(id))?;
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut page: Vec<(&String, &UserRec)> = g
+        let members: BTreeMap<&String, bool> = g
             .members
-            .range::<String, _>((lower, Bound::Unbounded))
-            .filter_map(|uid| self.active_user(uid).map(|u| (uid, u)))
+            .iter()
+            .filter(|uid| self.active_user(uid).is_some())
+            .map(|uid| (uid, false))
+            .chain(
+                g.groups
+                    .iter()
+                    .filter(|gid| self.groups.contains_key(*gid))
+                    .map(|gid| (gid, true)),
+            )
+            .collect();
+        let mut page: Vec<(&String, bool)> = members
+            .into_iter()
+            .filter(|(member, _)| after.as_ref().is_none_or(|after| *member > after))
             .take(top + 1)
             .collect();
         let more = page.len() > top;
         page.truncate(top);
         let items: Vec<Value> = page
             .iter()
-            .map(|(uid, u)| {
+            .map(|(member, is_group)| {
                 let mut item = Map::new();
-                item.insert("@odata.type".into(), json!(USER_TYPE));
-                item.extend(self.user_read_json(uid, u, select.as_deref()));
+                if *is_group {
+                    item.insert("@odata.type".into(), json!(GROUP_TYPE));
+                    let group_select: Option<Vec<String>> = select.as_ref().map(|list| {
+                        list.iter()
+                            .filter(|p| KNOWN_GROUP_PROPERTIES.contains(&p.as_str()))
+                            .cloned()
+                            .collect()
+                    });
+                    item.extend(group_read_json(
+                        member,
+                        &self.groups[*member],
+                        group_select.as_deref(),
+                    ));
+                } else {
+                    item.insert("@odata.type".into(), json!(USER_TYPE));
+                    item.extend(self.user_read_json(
+                        member,
+                        &self.users[*member],
+                        select.as_deref(),
+                    ));
+                }
                 Value::Object(item)
             })
             .collect();
@@ -3034,12 +3186,31 @@ impl Inner {
         out
     }
 
-    fn member_ref(id: &str, removed: bool) -> Value {
+    /// A `members@delta` item: a user, or with `group` a nested group (B5: members are
+    /// directory objects, each with its `@odata.type`).
+    fn member_ref(id: &str, group: bool, removed: bool) -> Value {
+        let kind = if group { GROUP_TYPE } else { USER_TYPE };
         if removed {
-            json!({ "@odata.type": USER_TYPE, "id": id, "@removed": { "reason": "deleted" } })
+            json!({ "@odata.type": kind, "id": id, "@removed": { "reason": "deleted" } })
         } else {
-            json!({ "@odata.type": USER_TYPE, "id": id })
+            json!({ "@odata.type": kind, "id": id })
         }
+    }
+
+    /// The current members of a group as `members@delta` additions: its active users, then its
+    /// nested groups.
+    fn member_refs(&self, g: &GroupRec) -> Vec<Value> {
+        g.members
+            .iter()
+            .filter(|m| self.active_user(m).is_some())
+            .map(|m| Inner::member_ref(m, false, false))
+            .chain(
+                g.groups
+                    .iter()
+                    .filter(|child| self.groups.contains_key(*child))
+                    .map(|child| Inner::member_ref(child, true, false)),
+            )
+            .collect()
     }
 
     /// The pages of a groups delta round. A group whose `members@delta` holds more than a page
@@ -3058,12 +3229,7 @@ impl Inner {
         // Groups deleted in the window: `@removed`, without members.
         let mut deleted: Vec<String> = Vec::new();
         let full = |id: &str, g: &GroupRec| {
-            let members = g
-                .members
-                .iter()
-                .filter(|m| self.active_user(m).is_some())
-                .map(|m| Inner::member_ref(m, false))
-                .collect();
+            let members = self.member_refs(g);
             (
                 id.to_owned(),
                 self.group_delta_props(id, g, &sel.props),
@@ -3083,13 +3249,17 @@ impl Inner {
                     props: BTreeSet<String>,
                     /// user → whether the first change in the window added it.
                     first_added: BTreeMap<String, bool>,
+                    /// nested group → whether the first change in the window added it.
+                    first_nested: BTreeMap<String, bool>,
                 }
                 let mut order: Vec<String> = Vec::new();
                 let mut summaries: HashMap<String, Summary> = HashMap::new();
                 for change in &self.changes[since as usize..] {
                     let id = match change {
                         Change::GroupCreated(id) | Change::GroupProps(id, _) => id,
-                        Change::GroupMember { group, .. } => group,
+                        Change::GroupMember { group, .. } | Change::GroupNested { group, .. } => {
+                            group
+                        }
                         Change::GroupDeleted(id) => {
                             if wanted(id) && !self.groups.contains_key(id) {
                                 deleted.push(id.clone());
@@ -3107,6 +3277,9 @@ impl Inner {
                         Change::GroupProps(_, props) => s.props.extend(props.iter().cloned()),
                         Change::GroupMember { user, added, .. } => {
                             s.first_added.entry(user.clone()).or_insert(*added);
+                        }
+                        Change::GroupNested { child, added, .. } => {
+                            s.first_nested.entry(child.clone()).or_insert(*added);
                         }
                         _ => {}
                     }
@@ -3126,7 +3299,14 @@ impl Inner {
                             let before = !first_added;
                             let now = g.members.contains(user) && self.active_user(user).is_some();
                             if before != now {
-                                members.push(Inner::member_ref(user, !now));
+                                members.push(Inner::member_ref(user, false, !now));
+                            }
+                        }
+                        for (child, first_added) in &s.first_nested {
+                            let before = !first_added;
+                            let now = g.groups.contains(child) && self.groups.contains_key(child);
+                            if before != now {
+                                members.push(Inner::member_ref(child, true, !now));
                             }
                         }
                     }
@@ -3213,12 +3393,10 @@ impl Inner {
                 let g = self.groups.get(id)?;
                 let mut item = self.group_delta_props(id, g, &sel.props);
                 if sel.members {
-                    let members: Vec<Value> = g
-                        .members
-                        .iter()
-                        .filter(|m| self.active_user(m).is_some())
+                    let members: Vec<Value> = self
+                        .member_refs(g)
+                        .into_iter()
                         .take(self.page_size)
-                        .map(|m| Inner::member_ref(m, false))
                         .collect();
                     if !members.is_empty() {
                         item.insert("members@delta".into(), Value::Array(members));
