@@ -38,6 +38,26 @@ pub fn wait_too_long(wait: Duration, now: SystemTime) -> Option<String> {
     ))
 }
 
+/// Logs one retry of a request at warn level: every edge's `on_retry` (`edge` names the
+/// service, e.g. "Okta"; `url` is the request as shown, without secrets).
+pub fn log_retry(
+    edge: &str,
+    method: &reqwest::Method,
+    url: &str,
+    retry: u32,
+    delay: Duration,
+    error: &dyn std::fmt::Display,
+) {
+    tracing::warn!(
+        message = %format_args!("Retrying {edge} request."),
+        method = %method,
+        url,
+        retry,
+        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        %error
+    );
+}
+
 /// How the client should treat the outcome of one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

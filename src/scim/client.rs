@@ -488,14 +488,7 @@ impl ScimClient {
             },
             |retry_no, delay, error: &ScimError| {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    message = "Retrying SCIM request.",
-                    method = %method,
-                    path,
-                    retry = retry_no,
-                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    %error
-                );
+                retry::log_retry("SCIM", &method, path, retry_no, delay, error);
             },
         )
         .await;

@@ -405,14 +405,7 @@ impl GraphClient {
             &self.inner.backoff,
             || self.attempt(&method, url, encoded.as_deref(), &call),
             |retry_no, delay, error: &GraphError| {
-                tracing::warn!(
-                    message = "Retrying Microsoft Graph request.",
-                    method = %method,
-                    url = %shown,
-                    retry = retry_no,
-                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    %error
-                );
+                retry::log_retry("Microsoft Graph", &method, &shown, retry_no, delay, error);
             },
         )
         .await

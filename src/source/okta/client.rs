@@ -458,14 +458,7 @@ impl OktaClient {
             &self.inner.backoff,
             || self.attempt(&method, url, encoded.as_deref(), &call),
             |retry_no, delay, error: &OktaError| {
-                tracing::warn!(
-                    message = "Retrying Okta request.",
-                    method = %method,
-                    url = %shown,
-                    retry = retry_no,
-                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    %error
-                );
+                retry::log_retry("Okta", &method, &shown, retry_no, delay, error);
             },
         )
         .await

@@ -570,14 +570,7 @@ impl OneLoginClient {
             &self.inner.backoff,
             || self.attempt(&method, url, encoded.as_deref(), &call),
             |retry_no, delay, error: &OneLoginError| {
-                tracing::warn!(
-                    message = "Retrying OneLogin request.",
-                    method = %method,
-                    url = %shown,
-                    retry = retry_no,
-                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    %error
-                );
+                retry::log_retry("OneLogin", &method, &shown, retry_no, delay, error);
             },
         )
         .await
